@@ -1,0 +1,278 @@
+"""Per-layer k-means with K chosen by silhouette score.
+
+Choosing K
+    For each K in ``k_range``, k-means is fitted on a seeded random sample of at most
+    ``sample_size`` rows (default 2,000) and scored by the silhouette on that sample;
+    the K with the best score wins (ties go to the smaller K). Only then is k-means fitted
+    once on all rows with the chosen K. The silhouette costs O(n^2), so at n = 12,000
+    the sample makes K selection tens of times faster. ``bench/bench_core.py`` measures
+    both the speed-up and how often the sampled choice equals the exhaustive one
+    (k-means with n_init=10 and the silhouette on every row, for every K); the figures
+    are in ``docs/performance.md``.
+
+Degenerate layers
+    A layer whose activations are all equal (a dead layer) or that has fewer distinct
+    rows than the K range needs is not an error: the fit records what happened in
+    ``status_`` (``"ok"``, ``"constant"`` or ``"few-distinct"``) and ``note_``, and
+    assigns clusters that are still well defined (one cluster, or one per distinct row).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import silhouette_score
+
+__all__ = ["check_k_range", "silhouette_sweep", "select_k", "LayerKMeans", "cluster_layers"]
+
+DEFAULT_K_RANGE = range(2, 11)
+
+
+def check_k_range(k_range, n_samples=None):
+    """Validate a K range and return it as a sorted tuple of ints.
+
+    Parameters
+    ----------
+    k_range : iterable of int
+    n_samples : int, optional
+        Rows to be clustered: the silhouette needs ``2 <= K <= n_samples - 1``.
+    """
+    try:
+        ks = sorted({int(k) for k in k_range})
+    except (TypeError, ValueError):
+        raise ValueError(f"K range must hold integers, got {k_range!r}") from None
+    if not ks:
+        raise ValueError(f"K range is empty ({k_range!r}); give at least one K >= 2, e.g. 2..10")
+    if ks[0] < 2:
+        raise ValueError(f"K range must have K >= 2 (a silhouette needs two clusters), got K = {ks[0]}")
+    if n_samples is not None and ks[-1] > n_samples - 1:
+        raise ValueError(
+            f"K range goes up to K = {ks[-1]} but only {n_samples} inputs are clustered; "
+            f"K must be <= n - 1 = {n_samples - 1}"
+        )
+    return tuple(ks)
+
+
+def _check_X(X):
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X).all(axis=1)).sum())
+        raise ValueError(f"X has NaN or infinite values in {bad} of {len(X)} rows; cannot cluster")
+    return X
+
+
+def _kmeans(k, n_init, random_state):
+    return KMeans(n_clusters=k, n_init=n_init, random_state=random_state)
+
+
+def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0):
+    """Silhouette score of k-means for every K.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    k_range : iterable of int
+    sample_size : int or None
+        Fit and score on a seeded random sample of this many rows; ``None`` uses all
+        rows (the exhaustive sweep).
+    n_init : int
+        k-means restarts per K.
+    random_state : int
+
+    Returns
+    -------
+    dict[int, float]
+        K -> silhouette score (NaN where k-means found fewer than two clusters).
+    """
+    X = _check_X(X)
+    ks = check_k_range(k_range, len(X))
+    if sample_size is not None and len(X) > sample_size:
+        rng = np.random.default_rng(random_state)
+        X = X[np.sort(rng.choice(len(X), size=int(sample_size), replace=False))]
+    scores = {}
+    for k in ks:
+        if k > len(X) - 1:
+            scores[k] = float("nan")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = _kmeans(k, n_init, random_state).fit_predict(X)
+        if len(np.unique(labels)) < 2:
+            scores[k] = float("nan")
+        else:
+            scores[k] = float(silhouette_score(X, labels))
+    return scores
+
+
+def _best_k(scores):
+    finite = {k: s for k, s in scores.items() if np.isfinite(s)}
+    if not finite:
+        return None
+    best = max(finite.values())
+    return min(k for k, s in finite.items() if s == best)
+
+
+def select_k(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0):
+    """The K with the best silhouette score.
+
+    Returns
+    -------
+    k : int
+    scores : dict[int, float]
+    """
+    scores = silhouette_sweep(X, k_range=k_range, sample_size=sample_size, n_init=n_init, random_state=random_state)
+    return _best_k(scores), scores
+
+
+class LayerKMeans(ClusterMixin, BaseEstimator):
+    """k-means on one layer's activations, K chosen by silhouette.
+
+    Parameters
+    ----------
+    k_range : iterable of int, default range(2, 11)
+    sample_size : int or None, default 2000
+        Rows used to choose K (see the module notes); the final fit uses all rows.
+    n_init : int, default 4
+        k-means restarts, for the sweep and for the final fit.
+    random_state : int, default 0
+
+    Attributes
+    ----------
+    k_ : int
+        Number of clusters.
+    labels_ : ndarray of shape (n_samples,)
+    centers_ : ndarray of shape (k_, n_features)
+    silhouette_scores_ : dict[int, float]
+        K -> silhouette score; empty for a constant layer.
+    status_ : {"ok", "constant", "few-distinct"}
+    note_ : str
+        What happened, in words, when ``status_`` is not ``"ok"``.
+    """
+
+    def __init__(self, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0):
+        self.k_range = k_range
+        self.sample_size = sample_size
+        self.n_init = n_init
+        self.random_state = random_state
+
+    def fit(self, X, y=None):
+        """Choose K and fit k-means on all rows of ``X`` (n_samples, n_features)."""
+        X = _check_X(X)
+        ks = check_k_range(self.k_range, len(X))
+        distinct = np.unique(X, axis=0)
+        self.silhouette_scores_ = {}
+        self.status_, self.note_ = "ok", ""
+        if len(distinct) == 1:
+            self.status_ = "constant"
+            self.note_ = "all activations are equal (a dead or saturated layer): one cluster"
+            self.k_ = 1
+            self.centers_ = distinct.copy()
+            self.labels_ = np.zeros(len(X), dtype=np.int64)
+            return self
+        usable = [k for k in ks if k < len(distinct)]
+        if not usable:
+            self.status_ = "few-distinct"
+            self.note_ = (
+                f"only {len(distinct)} distinct activation vectors, fewer than the smallest K = {ks[0]} "
+                "plus one: one cluster per distinct vector"
+            )
+            self.k_ = len(distinct)
+            self.centers_ = distinct.copy()
+            self.labels_ = self._nearest(X)
+            return self
+        if len(usable) < len(ks):
+            self.note_ = f"only {len(distinct)} distinct activation vectors: K limited to {usable[-1]}"
+        self.silhouette_scores_ = silhouette_sweep(
+            X, k_range=usable, sample_size=self.sample_size, n_init=self.n_init, random_state=self.random_state
+        )
+        k = _best_k(self.silhouette_scores_) or usable[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            km = _kmeans(k, self.n_init, self.random_state).fit(X)
+        self.k_ = int(k)
+        self.centers_ = km.cluster_centers_
+        self.labels_ = km.labels_.astype(np.int64)
+        return self
+
+    def _nearest(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        d = (
+            np.einsum("ij,ij->i", X, X)[:, None]
+            - 2.0 * X @ self.centers_.T
+            + np.einsum("ij,ij->i", self.centers_, self.centers_)[None, :]
+        )
+        return np.argmin(d, axis=1).astype(np.int64)
+
+    def predict(self, X):
+        """Assign rows to the fitted clusters (nearest center), without refitting."""
+        if not hasattr(self, "centers_"):
+            raise ValueError("this LayerKMeans is not fitted yet; call fit(X) first")
+        X = _check_X(X)
+        if X.shape[1] != self.centers_.shape[1]:
+            raise ValueError(f"X has {X.shape[1]} features, the clusters were fitted on {self.centers_.shape[1]}")
+        return self._nearest(X)
+
+    def distances(self, X):
+        """Euclidean distance of each row to its nearest center, shape (n_samples,)."""
+        X = _check_X(X)
+        labels = self.predict(X)
+        return np.linalg.norm(X - self.centers_[labels], axis=1)
+
+    def to_dict(self):
+        """Fitted state as plain values (centers as a list), for storage."""
+        return {
+            "params": {
+                "k_range": list(check_k_range(self.k_range)),
+                "sample_size": self.sample_size,
+                "n_init": self.n_init,
+                "random_state": self.random_state,
+            },
+            "k": self.k_,
+            "silhouette_scores": {str(k): v for k, v in self.silhouette_scores_.items()},
+            "status": self.status_,
+            "note": self.note_,
+        }
+
+    @classmethod
+    def from_dict(cls, state, centers, labels=None):
+        """Rebuild a fitted estimator from :meth:`to_dict` output and its centers."""
+        est = cls(**state["params"])
+        est.k_ = int(state["k"])
+        est.silhouette_scores_ = {int(k): float(v) for k, v in state["silhouette_scores"].items()}
+        est.status_ = state["status"]
+        est.note_ = state["note"]
+        est.centers_ = np.asarray(centers, dtype=np.float64)
+        if labels is not None:
+            est.labels_ = np.asarray(labels, dtype=np.int64)
+        return est
+
+
+def cluster_layers(hidden, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, progress=None):
+    """Fit one :class:`LayerKMeans` per layer.
+
+    Parameters
+    ----------
+    hidden : dict[str, ndarray of shape (n_samples, n_units)]
+    progress : callable, optional
+        ``progress(stage, fraction, message)`` after each layer.
+
+    Returns
+    -------
+    OrderedDict[str, LayerKMeans]
+    """
+    out = OrderedDict()
+    names = list(hidden)
+    for i, name in enumerate(names, start=1):
+        est = LayerKMeans(k_range=k_range, sample_size=sample_size, n_init=n_init, random_state=random_state)
+        out[name] = est.fit(hidden[name])
+        if progress:
+            extra = f" ({est.status_}: {est.note_})" if est.status_ != "ok" else ""
+            progress("clustering", i / len(names), f"layer {name}: K = {est.k_}{extra}")
+    return out
