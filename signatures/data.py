@@ -359,7 +359,7 @@ def _check_classes(values, known, what):
 def _scale(images, max_value, flatten):
     X = images.astype(np.float32) / np.float32(max_value)
     if flatten:
-        return X.reshape(len(X), -1)
+        return X.reshape(len(X), int(np.prod(images.shape[1:])))
     return X[..., np.newaxis]
 
 

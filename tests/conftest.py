@@ -42,11 +42,11 @@ def subset_1v7(mnist):
 
 @pytest.fixture(scope="session")
 def trained_mlp(subset_1v7):
-    """A 16-8 MLP trained for 2 epochs on the 1-vs-7 subset."""
+    """A 16-8 MLP trained for 5 epochs on the 1-vs-7 subset."""
     from signatures.models import build_mlp, train
 
     model = build_mlp(subset_1v7.X_train.shape[1], 2, hidden=(16, 8), seed=0)
-    train(model, subset_1v7.X_train, subset_1v7.Y_train, epochs=2, seed=0)
+    train(model, subset_1v7.X_train, subset_1v7.Y_train, epochs=5, seed=0)
     return model
 
 

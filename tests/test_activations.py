@@ -1,0 +1,133 @@
+"""Activation extraction: exact values from hand-set weights, one pass, batching, conv reductions."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from signatures.activations import build_extractor, default_hidden_layers, extract  # noqa: E402
+
+W1 = np.array([[1.0, -1.0, 0.5], [2.0, 0.0, -1.0]], dtype=np.float32)
+B1 = np.array([0.0, 1.0, -0.5], dtype=np.float32)
+W2 = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+B2 = np.array([0.5, -0.5], dtype=np.float32)
+W3 = np.array([[1.0, -1.0], [-1.0, 1.0]], dtype=np.float32)
+B3 = np.zeros(2, dtype=np.float32)
+X = np.array([[1.0, 2.0], [-1.0, 0.5], [0.0, 0.0], [3.0, -2.0]], dtype=np.float32)
+
+
+def relu(z):
+    return np.maximum(z, 0.0)
+
+
+def expected():
+    h1 = relu(X @ W1 + B1)
+    h2 = relu(h1 @ W2 + B2)
+    z = h2 @ W3 + B3
+    p = np.exp(z - z.max(1, keepdims=True))
+    return h1, h2, p / p.sum(1, keepdims=True)
+
+
+def hand_set_sequential():
+    model = keras.Sequential([
+        keras.Input(shape=(2,)),
+        keras.layers.Dense(3, activation="relu", name="h1"),
+        keras.layers.Dense(2, activation="relu", name="h2"),
+        keras.layers.Dense(2, activation="softmax", name="out"),
+    ])
+    for layer, (w, b) in zip(model.layers, [(W1, B1), (W2, B2), (W3, B3)]):
+        layer.set_weights([w, b])
+    return model
+
+
+def hand_set_functional():
+    inputs = keras.Input(shape=(2,), name="x")
+    h1 = keras.layers.Dense(3, activation="relu", name="h1")(inputs)
+    h2 = keras.layers.Dense(2, activation="relu", name="h2")(h1)
+    out = keras.layers.Dense(2, activation="softmax", name="out")(h2)
+    model = keras.Model(inputs, out)
+    for name, (w, b) in zip(["h1", "h2", "out"], [(W1, B1), (W2, B2), (W3, B3)]):
+        model.get_layer(name).set_weights([w, b])
+    return model
+
+
+@pytest.mark.parametrize("make", [hand_set_sequential, hand_set_functional])
+def test_known_activations(make):
+    hidden, output = extract(make(), X)
+    h1, h2, p = expected()
+    assert list(hidden) == ["h1", "h2"]
+    np.testing.assert_allclose(hidden["h1"], h1, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(hidden["h2"], h2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(output, p, rtol=1e-5)
+
+
+def test_single_multi_output_model_over_the_same_weights():
+    model = hand_set_sequential()
+    extractor, names = build_extractor(model)
+    assert names == ["h1", "h2"]
+    assert len(extractor.outputs) == 3  # two hidden layers + the output, one graph
+    assert {id(w) for w in extractor.weights} == {id(w) for w in model.weights}
+
+
+def test_batches_do_not_change_values(trained_mlp, subset_1v7):
+    a, pa = extract(trained_mlp, subset_1v7.X_test, batch_size=7)
+    b, pb = extract(trained_mlp, subset_1v7.X_test, batch_size=512)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pa, trained_mlp.predict(subset_1v7.X_test, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_choose_layers_and_reject_output():
+    model = hand_set_sequential()
+    hidden, _ = extract(model, X, layers=["h2"])
+    assert list(hidden) == ["h2"]
+    with pytest.raises(ValueError, match="output layer"):
+        extract(model, X, layers=["h1", "out"])
+    with pytest.raises(ValueError, match=r"\['nope'\] are not in model"):
+        extract(model, X, layers=["nope"])
+
+
+def test_nan_activations_are_named():
+    model = hand_set_sequential()
+    w, b = model.get_layer("h2").get_weights()
+    w[0, 0] = np.nan  # NaN * 0 is NaN too: every input is hit
+    model.get_layer("h2").set_weights([w, b])
+    with pytest.raises(ValueError, match=r"layer 'h2' gives NaN or infinite activations for 4 of 4"):
+        extract(model, X)
+
+
+def test_wrong_input_shape():
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(2,\)"):
+        extract(hand_set_sequential(), np.zeros((3, 5), dtype=np.float32))
+
+
+def conv_model():
+    model = keras.Sequential([
+        keras.Input(shape=(5, 5, 1)),
+        keras.layers.Conv2D(2, 3, padding="valid", activation="relu", name="conv"),
+        keras.layers.Flatten(name="flat"),
+        keras.layers.Dense(2, activation="softmax", name="out"),
+    ])
+    k = np.zeros((3, 3, 1, 2), dtype=np.float32)
+    k[1, 1, 0, 0] = 1.0  # channel 0 copies the centre pixel of each 3x3 window
+    k[:, :, 0, 1] = 1.0 / 9.0  # channel 1 is the window mean
+    model.get_layer("conv").set_weights([k, np.zeros(2, dtype=np.float32)])
+    return model
+
+
+def test_conv_maps_mean_and_flatten():
+    images = np.arange(2 * 25, dtype=np.float32).reshape(2, 5, 5, 1) / 50.0
+    model = conv_model()
+    assert default_hidden_layers(model) == ["conv"]
+    centre = images[:, 1:4, 1:4, 0]  # channel 0 map, shape (2, 3, 3)
+    window_means = np.stack([
+        np.stack([images[n, i:i + 3, j:j + 3, 0].mean() for i in range(3) for j in range(3)]) for n in range(2)
+    ])
+    mean, _ = extract(model, images, reduce="mean")
+    np.testing.assert_allclose(mean["conv"][:, 0], centre.reshape(2, -1).mean(1), rtol=1e-5)
+    np.testing.assert_allclose(mean["conv"][:, 1], window_means.mean(1), rtol=1e-5)
+    flat, _ = extract(model, images, reduce="flatten")
+    assert flat["conv"].shape == (2, 3 * 3 * 2)
+    np.testing.assert_allclose(flat["conv"][:, 0::2], centre.reshape(2, -1), rtol=1e-5)
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        extract(model, images, reduce="max")
