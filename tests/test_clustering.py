@@ -1,0 +1,113 @@
+"""K selection and per-layer k-means (numpy + scikit-learn only)."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from signatures.clustering import LayerKMeans, check_k_range, cluster_layers, select_k, silhouette_sweep
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 8])
+def test_select_k_finds_known_blobs(k):
+    X, _ = make_blobs(n_samples=1500, centers=k, n_features=6, cluster_std=0.6, center_box=(-20, 20), random_state=k)
+    best, scores = select_k(X, k_range=range(2, 11), random_state=0)
+    assert best == k
+    assert set(scores) == set(range(2, 11))
+
+
+def test_fit_labels_match_truth_and_predict_agrees():
+    X, y = make_blobs(n_samples=3000, centers=4, n_features=5, cluster_std=0.8, random_state=1)
+    est = LayerKMeans(sample_size=500, random_state=0).fit(X)
+    assert est.k_ == 4 and est.status_ == "ok"
+    assert adjusted_rand_score(y, est.labels_) == pytest.approx(1.0)
+    assert est.centers_.shape == (4, 5)
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+    assert max(est.silhouette_scores_, key=est.silhouette_scores_.get) == 4
+
+
+def test_sample_and_full_sweep_choose_the_same_k():
+    X, _ = make_blobs(n_samples=4000, centers=6, n_features=8, cluster_std=1.0, random_state=2)
+    sampled = silhouette_sweep(X, sample_size=800, random_state=0)
+    full = silhouette_sweep(X, sample_size=None, n_init=10, random_state=0)
+    assert max(sampled, key=sampled.get) == max(full, key=full.get) == 6
+
+
+def test_same_seed_same_result_different_seed_same_partition():
+    X, _ = make_blobs(n_samples=1200, centers=3, n_features=4, random_state=3)
+    a = LayerKMeans(random_state=7).fit(X)
+    b = LayerKMeans(random_state=7).fit(X)
+    c = LayerKMeans(random_state=8).fit(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert a.silhouette_scores_ == b.silhouette_scores_
+    assert adjusted_rand_score(a.labels_, c.labels_) == pytest.approx(1.0)
+
+
+def test_constant_layer_is_recorded_not_a_crash():
+    X = np.zeros((50, 8))
+    est = LayerKMeans().fit(X)
+    assert est.status_ == "constant" and est.k_ == 1
+    assert "all activations are equal" in est.note_
+    assert est.predict(np.ones((3, 8))).tolist() == [0, 0, 0]
+
+
+def test_few_distinct_points():
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 20, axis=0)
+    est = LayerKMeans(k_range=range(2, 6)).fit(X)
+    assert est.status_ == "few-distinct" and est.k_ == 2
+    assert adjusted_rand_score(np.repeat([0, 1], 20), est.labels_) == 1.0
+    X3 = np.repeat(np.array([[0.0], [5.0], [10.0], [20.0]]), 10, axis=0)
+    est3 = LayerKMeans(k_range=range(2, 8)).fit(X3)
+    assert est3.status_ == "ok" and set(est3.silhouette_scores_) == {2, 3}
+    assert "K limited to 3" in est3.note_
+
+
+@pytest.mark.parametrize(
+    "k_range, n, message",
+    [
+        (range(1, 5), 100, "K >= 2"),
+        (range(2, 30), 20, r"K = 29 .* K must be <= n - 1 = 19"),
+        ([], 10, "empty"),
+        (["x"], 10, "integers"),
+    ],
+)
+def test_bad_k_range(k_range, n, message):
+    with pytest.raises(ValueError, match=message):
+        LayerKMeans(k_range=k_range).fit(np.random.default_rng(0).normal(size=(n, 3)))
+
+
+def test_check_k_range_sorts():
+    assert check_k_range([5, 2, 3, 3]) == (2, 3, 5)
+
+
+def test_nan_rows_are_refused():
+    X = np.ones((20, 3))
+    X[4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite values in 1 of 20 rows"):
+        LayerKMeans().fit(X)
+
+
+def test_predict_before_fit_and_wrong_width():
+    with pytest.raises(ValueError, match="not fitted"):
+        LayerKMeans().predict(np.zeros((2, 2)))
+    est = LayerKMeans(k_range=range(2, 4)).fit(np.random.default_rng(0).normal(size=(40, 3)))
+    with pytest.raises(ValueError, match="X has 5 features, the clusters were fitted on 3"):
+        est.predict(np.zeros((2, 5)))
+
+
+def test_roundtrip_through_dict():
+    X, _ = make_blobs(n_samples=600, centers=3, random_state=4)
+    est = LayerKMeans(k_range=range(2, 6)).fit(X)
+    again = LayerKMeans.from_dict(est.to_dict(), est.centers_)
+    np.testing.assert_array_equal(again.predict(X), est.labels_)
+    assert again.k_ == est.k_ and again.silhouette_scores_ == est.silhouette_scores_
+
+
+def test_cluster_layers_keeps_order_and_reports():
+    rng = np.random.default_rng(0)
+    hidden = {"b": rng.normal(size=(60, 3)), "a": np.zeros((60, 2))}
+    seen = []
+    out = cluster_layers(hidden, k_range=range(2, 4), progress=lambda *a: seen.append(a))
+    assert list(out) == ["b", "a"]
+    assert out["a"].status_ == "constant"
+    assert seen[-1][1] == 1.0 and "constant" in seen[-1][2]
