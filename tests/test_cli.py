@@ -1,0 +1,133 @@
+"""End to end: the CLI on a small real 1-vs-7 subset, and the report's figures parsed from its HTML."""
+
+import base64
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from signatures.cli import main
+
+
+class FigureParser(HTMLParser):
+    """Collects each ``<section class="figure">`` with the plotly JSON inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self._section, self._in_json, self.plotly_scripts = [], None, False, 0
+        self._script_text = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section" and attrs.get("class") == "figure":
+            self._section = {"kind": attrs.get("data-figure"), "layer": attrs.get("data-layer"), "figures": []}
+        elif tag == "script" and attrs.get("class") == "plotly-figure":
+            self._in_json, self._script_text = True, []
+        elif tag == "script" and not attrs:
+            self._script_text, self._in_json = [], None
+
+    def handle_data(self, data):
+        if self._in_json is not False:
+            self._script_text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "script" and self._in_json:
+            self._section["figures"].append(json.loads("".join(self._script_text)))
+        elif tag == "script" and self._in_json is None and "Plotly=" in "".join(self._script_text)[:100000]:
+            self.plotly_scripts += 1
+        if tag == "script":
+            self._in_json = False
+        if tag == "section" and self._section is not None:
+            self.sections.append(self._section)
+            self._section = None
+
+
+def values(v):
+    """A plotly JSON array, plain or base64-typed ({"dtype", "bdata", "shape"}), as an ndarray."""
+    if isinstance(v, dict) and "bdata" in v:
+        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if "shape" in v:
+            arr = arr.reshape([int(s) for s in str(v["shape"]).split(",")])
+        return arr
+    return np.asarray(v)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "1v7"
+    status = main([
+        "run", "--digits", "1", "7", "--anomalies", "3", "4", "--hidden", "16", "8", "--n-per-class", "120",
+        "--epochs", "2", "--k-max", "6", "--umap-points", "250", "--out", str(out), "--quiet",
+    ])
+    assert status == 0
+    return out
+
+
+def test_run_writes_a_complete_experiment(run_dir):
+    assert {p.name for p in run_dir.iterdir()} == {"manifest.json", "arrays.npz", "model.keras", "report.html"}
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["config"]["digits"] == [1, 7]
+    assert manifest["layers"] == ["hidden_1", "hidden_2"]
+    assert manifest["n_rows"] == 2 * 120 + 2 * 24
+
+
+def test_report_holds_every_figure(run_dir):
+    page = FigureParser()
+    page.feed((run_dir / "report.html").read_text(encoding="utf-8"))
+    kinds = [(s["kind"], s["layer"]) for s in page.sections]
+    for layer in ("hidden_1", "hidden_2"):
+        assert ("silhouette", layer) in kinds and ("umap", layer) in kinds
+    assert kinds.count(("sankey", None)) == 1 and ("confusion", None) in kinds
+    assert sum(1 for k, _ in kinds if k == "cluster-images") >= 2
+    assert page.plotly_scripts == 1  # plotly.js inline once: opens without a server or network
+
+    by_kind = {(s["kind"], s["layer"]): s["figures"] for s in page.sections}
+    sankey = by_kind[("sankey", None)][0]["data"][0]
+    assert sankey["type"] == "sankey"
+    link = sankey["link"]
+    n_layers_plus_pred = 3
+    # every step carries every input: train + held-out + anomalies
+    total = sum(values(link["value"]))
+    assert total == (n_layers_plus_pred - 1) * (240 + 48)
+    cm = by_kind[("confusion", None)][0]["data"][0]
+    assert values(cm["z"]).sum() == 48  # held-out 1s and 7s
+    umap_names = {t.get("name") for t in by_kind[("umap", "hidden_1")][0]["data"]}
+    assert any("3" in str(n) for n in umap_names) and any("7" in str(n) for n in umap_names)
+
+
+def test_report_can_be_redrawn_without_training(run_dir):
+    before = (run_dir / "report.html").stat().st_size
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert abs((run_dir / "report.html").stat().st_size - before) < 0.01 * before
+
+
+def test_list(run_dir, capsys):
+    assert main(["list", str(run_dir.parent)]) == 0
+    assert "1v7" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--digits", "1"], "at least 2 digits"),
+        (["--digits", "1", "7", "--anomalies", "7"], "both trained and anomalies"),
+        (["--hidden", "x"], "positive integers"),
+        (["--k-min", "5", "--k-max", "3"], "inverted"),
+        (["--name", "../evil"], "not allowed"),
+        (["--model", "missing.keras"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["run", "--out", str(out), "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_left_alone(run_dir, capsys):
+    before = (run_dir / "manifest.json").read_bytes()
+    assert main(["run", "--out", str(run_dir), "--quiet"]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert (run_dir / "manifest.json").read_bytes() == before
