@@ -39,6 +39,7 @@ _EXPORTS = {
     "load_experiment": "store",
     "list_experiments": "store",
     "write_report": "report",
+    "render_report": "report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -6,9 +6,10 @@ object the store saves, the report draws and the apps browse.
 
 All inputs of an experiment live in one table of rows: training images (``split`` 0),
 held-out images of the trained classes (1) and anomaly images of classes never trained
-on (2). Clusters and UMAP maps are fitted on the training rows only; held-out and anomaly
-rows are assigned to the fitted clusters with ``predict`` and placed on the maps with
-``transform``, so all paths are comparable.
+on (2). Clusters are fitted on the training rows only; held-out and anomaly rows are
+assigned to the fitted clusters with ``predict``, so all paths are comparable. UMAP maps
+are fitted on a sample of the in-distribution rows (training and held-out); anomaly rows
+are placed on them with ``transform``.
 
 This module imports TensorFlow only inside :func:`run_experiment`.
 """

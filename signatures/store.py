@@ -85,6 +85,9 @@ def write_file_atomic(path, data):
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
             fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a served report must be readable
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -51,7 +51,7 @@ def trained_mlp(subset_1v7):
 
 
 @pytest.fixture(scope="session")
-def small_experiment(tmp_path_factory):
+def small_experiment():
     """A complete small 1-vs-7 experiment with 3s and 4s inserted, run once per session."""
     _require_data()
     from signatures.experiment import ExperimentConfig, run_experiment

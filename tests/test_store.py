@@ -125,3 +125,19 @@ def test_safe_name_stays_inside(tmp_path):
     assert check_name("1v7_mlp-64.32") == "1v7_mlp-64.32"
     assert experiment_path(tmp_path, "run1").parent == tmp_path.resolve()
     assert os.path.basename(experiment_path(tmp_path, "run1")) == "run1"
+
+
+def test_atomic_file_is_readable_by_others(tmp_path):
+    from signatures.store import write_file_atomic
+
+    path = tmp_path / "report.html"
+    write_file_atomic(path, "<html></html>")
+    assert path.read_text() == "<html></html>"
+    assert path.stat().st_mode & 0o044 == 0o044 & ~_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,534 @@
+"""Plotly figures of an experiment: builders that return ``go.Figure`` and never show it.
+
+Every builder takes numpy arrays, dicts or lists and returns a
+:class:`plotly.graph_objects.Figure`; nothing is displayed or printed, so the same
+figure serves a notebook, an app and the HTML report, and tests can assert on
+``fig.data``.
+
+Colours are shared by all figures through :func:`group_colors`: trained classes take
+cool colours (blues, greens, purples) and anomaly classes warm ones (reds, oranges),
+so an anomaly is recognisable in the UMAP maps and in the Sankey of paths alike.
+
+:func:`layer_umap` and :func:`experiment_sankey` are thin adapters that pull the
+arrays out of an :class:`~signatures.experiment.Experiment`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "TRAINED_COLORS",
+    "ANOMALY_COLORS",
+    "group_colors",
+    "umap_scatter",
+    "sankey",
+    "silhouette_curve",
+    "image_grid",
+    "confusion_matrix",
+    "training_curves",
+    "layer_umap",
+    "experiment_sankey",
+    "COLOR_BY",
+]
+
+#: Colours of trained classes (and of any group that is not an anomaly).
+TRAINED_COLORS = (
+    "#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#08519c",
+    "#006d2c", "#6baed6", "#74c476", "#54278f", "#7f7f7f",
+)
+#: Colours of anomaly classes; none of them is a trained colour.
+ANOMALY_COLORS = (
+    "#d62728", "#ff7f0e", "#a50f15", "#e7298a", "#fd8d3c", "#8c2d04", "#fb6a4a", "#c51b7d",
+)
+
+_TEMPLATE = "plotly_white"
+_FONT = dict(family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif", size=13)
+
+
+def _layout(fig, title, **kwargs):
+    kwargs.setdefault("margin", dict(l=60, r=20, t=60, b=50))
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), template=_TEMPLATE, font=_FONT, **kwargs)
+    return fig
+
+
+def _empty(title, message, **kwargs):
+    """A figure with no data and ``message`` in its middle."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=15, color="#555"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, title, **kwargs)
+
+
+def _rgba(hex_color, alpha):
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _sorted_groups(values):
+    """Distinct groups, numbers before strings, each kind in its natural order."""
+    return sorted(set(values), key=lambda g: (isinstance(g, str), g if not isinstance(g, str) else 0, str(g)))
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def group_colors(groups, anomaly_groups=()):
+    """A colour per group: cool colours for ordinary groups, warm ones for anomalies.
+
+    Parameters
+    ----------
+    groups : iterable
+        Group values (class labels, cluster ids or names); repeats are ignored.
+    anomaly_groups : iterable
+        The groups to draw as anomalies.
+
+    Returns
+    -------
+    dict
+        group -> ``"#rrggbb"``. Ordinary groups take :data:`TRAINED_COLORS` in sorted
+        order and anomaly groups :data:`ANOMALY_COLORS`, each cycling if there are more
+        groups than colours, so the two sets never share a colour.
+    """
+    anomalies = {_plain(g) for g in anomaly_groups}
+    every = _sorted_groups({_plain(g) for g in groups} | anomalies)
+    ordinary = [g for g in every if g not in anomalies]
+    unusual = [g for g in every if g in anomalies]
+    out = {g: TRAINED_COLORS[i % len(TRAINED_COLORS)] for i, g in enumerate(ordinary)}
+    out.update({g: ANOMALY_COLORS[i % len(ANOMALY_COLORS)] for i, g in enumerate(unusual)})
+    return out
+
+
+def umap_scatter(embedding, color, *, names=None, anomaly_groups=(), symbols=None, hover=None,
+                 title="UMAP projection", marker_size=5):
+    """Scatter of a 2-D projection, one trace per colour group.
+
+    Parameters
+    ----------
+    embedding : ndarray of shape (n_samples, 2)
+        Rows with a NaN coordinate (not projected) are left out.
+    color : ndarray of shape (n_samples,)
+        Group of each row: true class, cluster id, predicted class or any label.
+        Each group present among the projected rows becomes one trace (legend entry).
+    names : dict, optional
+        group -> legend name; ``str(group)`` by default.
+    anomaly_groups : iterable, optional
+        Groups drawn in anomaly colours with ``x`` markers, after (above) the others.
+    symbols : dict or ndarray of shape (n_samples,), optional
+        Marker symbol per group, or per row (e.g. ``"x"`` for anomaly rows when
+        colouring by cluster). Overrides the default symbols.
+    hover : ndarray of shape (n_samples,) of str, optional
+        Hover text per row.
+    title : str
+    marker_size : int
+
+    Returns
+    -------
+    go.Figure
+        Ordinary groups first in sorted order, then anomaly groups.
+    """
+    embedding = np.asarray(embedding, dtype=np.float64)
+    color = np.asarray(color)
+    if embedding.ndim != 2 or embedding.shape[1] != 2:
+        raise ValueError(f"embedding must have shape (n_samples, 2), got {embedding.shape}")
+    if len(color) != len(embedding):
+        raise ValueError(f"color has {len(color)} entries for {len(embedding)} rows of embedding")
+    per_row_symbols = symbols is not None and not isinstance(symbols, dict)
+    for what, values in (("hover", hover), ("symbols", symbols if per_row_symbols else None)):
+        if values is not None and len(values) != len(embedding):
+            raise ValueError(f"{what} has {len(values)} entries for {len(embedding)} rows of embedding")
+    keep = np.isfinite(embedding).all(axis=1)
+    if not keep.any():
+        return _empty(title, "No projected points", height=520)
+
+    names = names or {}
+    anomalies = {_plain(g) for g in anomaly_groups}
+    present = _sorted_groups(_plain(g) for g in color[keep])
+    order = [g for g in present if g not in anomalies] + [g for g in present if g in anomalies]
+    colors = group_colors(present, anomalies)
+    fig = go.Figure()
+    for g in order:
+        rows = np.flatnonzero(keep & (color == g))
+        if per_row_symbols:
+            symbol = np.asarray(symbols)[rows].tolist()
+        elif isinstance(symbols, dict) and g in symbols:
+            symbol = symbols[g]
+        else:
+            symbol = "x" if g in anomalies else "circle"
+        fig.add_trace(go.Scatter(
+            x=embedding[rows, 0], y=embedding[rows, 1], mode="markers", name=str(names.get(g, g)),
+            marker=dict(color=colors[g], size=marker_size + (1 if g in anomalies else 0), symbol=symbol,
+                        opacity=0.9 if g in anomalies else 0.7, line=dict(width=0)),
+            text=None if hover is None else np.asarray(hover, dtype=object)[rows].tolist(),
+            hovertemplate="%{text}<extra></extra>" if hover is not None else None,
+        ))
+    fig.update_xaxes(showticklabels=False, title=None, zeroline=False)
+    fig.update_yaxes(showticklabels=False, title=None, zeroline=False, scaleanchor="x", scaleratio=1)
+    return _layout(fig, title, height=520, legend=dict(itemsizing="constant"))
+
+
+def _column_names(n_columns, layer_names, class_names):
+    layer_names = list(layer_names)
+    if n_columns == len(layer_names) + 1:
+        return layer_names + [None]
+    if n_columns == len(layer_names):
+        return layer_names
+    raise ValueError(
+        f"the flows have {n_columns} columns but {len(layer_names)} layer names were given "
+        f"({layer_names}); expected one column per layer, plus one for the predicted class"
+    )
+
+
+def _class_name(class_names, label):
+    if class_names is None:
+        return str(label)
+    if isinstance(class_names, dict):
+        return str(class_names.get(label, label))
+    return str(class_names[label]) if 0 <= label < len(class_names) else str(label)
+
+
+def sankey(flows, layer_names, class_names=None, *, anomaly_groups=(), group_names=None,
+           title="Cluster paths"):
+    """Sankey of cluster paths, one link per (step, source, target, group).
+
+    Parameters
+    ----------
+    flows : list of dict
+        Output of :func:`signatures.paths.flows`: ``{"step", "source", "target",
+        "group", "count"}``. Step ``i`` goes from column ``i`` to ``i + 1``.
+    layer_names : sequence of str
+        Hidden layers, one per column; with one extra column in ``flows``, the last is
+        the predicted class.
+    class_names : sequence of str or dict, optional
+        ``class_names[label]``: names of predicted classes (nodes ``"pred 7"``) and of
+        groups when ``group_names`` is not given.
+    anomaly_groups : iterable, optional
+        Groups whose links are drawn in anomaly colours (reds, oranges).
+    group_names : dict, optional
+        group -> name shown on hover and in the colour key.
+    title : str
+
+    Returns
+    -------
+    go.Figure
+        One ``go.Sankey``. Nodes are labelled ``"<layer> c<id>"`` or ``"pred <name>"``;
+        ``node.customdata`` holds each node's column and ``link.customdata`` each link's
+        group name. Per step, link values add up to the number of inputs.
+    """
+    flows = list(flows)
+    if not flows:
+        return _empty(title, "No paths to draw", height=560)
+    missing = [k for k in ("step", "source", "target", "group", "count") if k not in flows[0]]
+    if missing:
+        raise ValueError(f"flows entries need keys step, source, target, group, count; missing {missing}")
+    n_columns = max(int(f["step"]) for f in flows) + 2
+    columns = _column_names(n_columns, layer_names, class_names)
+
+    ids = [set() for _ in range(n_columns)]
+    for f in flows:
+        ids[int(f["step"])].add(int(f["source"]))
+        ids[int(f["step"]) + 1].add(int(f["target"]))
+    index, labels, node_columns = {}, [], []
+    for col, members in enumerate(ids):
+        for c in sorted(members):
+            index[(col, c)] = len(labels)
+            labels.append(f"{columns[col]} c{c}" if columns[col] is not None else f"pred {_class_name(class_names, c)}")
+            node_columns.append(col)
+
+    groups = [_plain(f["group"]) for f in flows]
+    anomalies = {_plain(g) for g in anomaly_groups}
+    colors = group_colors(groups, anomalies)
+    group_names = group_names or {}
+
+    def name_of(g):
+        if g in group_names:
+            return str(group_names[g])
+        base = _class_name(class_names, g) if isinstance(g, (int, np.integer)) else str(g)
+        return f"{base} (anomaly)" if g in anomalies else base
+
+    node_colors = ["#888"] * len(labels)
+    if columns[-1] is None:
+        for (col, c), i in index.items():
+            if col == n_columns - 1 and c in colors:
+                node_colors[i] = colors[c]
+    link_names = [name_of(g) for g in groups]
+    fig = go.Figure(go.Sankey(
+        arrangement="snap",
+        node=dict(label=labels, customdata=node_columns, color=node_colors, pad=12, thickness=14,
+                  line=dict(width=0.5, color="#444"),
+                  hovertemplate="%{label}<br>%{value} inputs<extra></extra>"),
+        link=dict(
+            source=[index[(int(f["step"]), int(f["source"]))] for f in flows],
+            target=[index[(int(f["step"]) + 1, int(f["target"]))] for f in flows],
+            value=[int(f["count"]) for f in flows],
+            color=[_rgba(colors[g], 0.75 if g in anomalies else 0.45) for g in groups],
+            customdata=link_names,
+            hovertemplate="%{customdata}: %{value}<br>%{source.label} → %{target.label}<extra></extra>",
+        ),
+    ))
+    order = [g for g in _sorted_groups(set(groups)) if g not in anomalies]
+    order += [g for g in _sorted_groups(set(groups)) if g in anomalies]
+    key = "   ".join(f"<span style='color:{colors[g]}'>■</span> {name_of(g)}" for g in order)
+    fig.add_annotation(text=key, x=0.0, y=1.0, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
+                       showarrow=False, font=dict(size=12))
+    return _layout(fig, title, height=max(480, 22 * max(len(m) for m in ids) + 200),
+                   margin=dict(l=20, r=20, t=90, b=20))
+
+
+def silhouette_curve(scores, chosen_k, *, title="Silhouette score by K", note=None):
+    """Silhouette score against K, with the chosen K marked.
+
+    Parameters
+    ----------
+    scores : dict[int, float]
+        K -> silhouette score (NaN where undefined); keys may be strings of ints.
+    chosen_k : int
+        The K in use; marked with a star and a dashed line.
+    title : str
+    note : str, optional
+        Shown under the title (e.g. why the layer is degenerate).
+
+    Returns
+    -------
+    go.Figure
+        Trace 0 is the curve; trace 1, named ``"chosen K = <k>"``, is the chosen point
+        when ``chosen_k`` was scored.
+    """
+    items = sorted((int(k), float(v)) for k, v in dict(scores).items())
+    subtitle = f"<br><sup>{note}</sup>" if note else ""
+    if not items:
+        return _empty(title + subtitle, f"No silhouette scores: K = {chosen_k} was set without a search", height=360)
+    ks = [k for k, _ in items]
+    values = [v if math.isfinite(v) else None for _, v in items]
+    fig = go.Figure(go.Scatter(x=ks, y=values, mode="lines+markers", name="silhouette",
+                               line=dict(color=TRAINED_COLORS[0]), marker=dict(size=7),
+                               hovertemplate="K = %{x}<br>silhouette %{y:.3f}<extra></extra>"))
+    if chosen_k in ks and values[ks.index(chosen_k)] is not None:
+        fig.add_trace(go.Scatter(x=[chosen_k], y=[values[ks.index(chosen_k)]], mode="markers",
+                                 name=f"chosen K = {chosen_k}",
+                                 marker=dict(symbol="star", size=16, color=ANOMALY_COLORS[0]),
+                                 hovertemplate="chosen K = %{x}<br>silhouette %{y:.3f}<extra></extra>"))
+    fig.add_vline(x=chosen_k, line=dict(dash="dash", color="#999", width=1))
+    fig.update_xaxes(title="K (number of clusters)", dtick=1)
+    fig.update_yaxes(title="silhouette score")
+    return _layout(fig, title + subtitle, height=360, showlegend=True,
+                   legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
+
+
+def _mosaic(images, ncols, gap, band):
+    n, h, w = images.shape
+    ncols = max(1, min(int(ncols), n))
+    nrows = math.ceil(n / ncols)
+    height = nrows * (h + band) + (nrows - 1) * gap
+    width = ncols * w + (ncols - 1) * gap
+    out = np.full((height, width), np.nan)
+    corners = []
+    for i, image in enumerate(images):
+        r, c = divmod(i, ncols)
+        top, left = r * (h + band + gap) + band, c * (w + gap)
+        out[top:top + h, left:left + w] = image
+        corners.append((top, left))
+    return out, corners
+
+
+def image_grid(images, *, ncols=10, titles=None, title_colors=None, title="Images", gap=2):
+    """Tile images into one heatmap mosaic, dark strokes on white.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n_images, h, w)
+        Grey levels, e.g. uint8 0-255.
+    ncols : int
+        Tiles per row (fewer if there are fewer images).
+    titles : sequence of str, optional
+        One short label per image, written above its tile.
+    title_colors : sequence of str, optional
+        Colour of each label.
+    title : str
+    gap : int
+        Blank pixels between tiles.
+
+    Returns
+    -------
+    go.Figure
+        One ``go.Heatmap`` whose ``z`` is the mosaic, of shape
+        ``(nrows * (h + band) + (nrows - 1) * gap, ncols * w + (ncols - 1) * gap)``
+        where ``band`` is ``h // 3`` with titles and 0 without; gaps are NaN. With no
+        images, an empty figure that says so.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"images must have shape (n_images, h, w), got {images.shape}")
+    if int(ncols) < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    n, h, w = images.shape
+    if n == 0:
+        return _empty(title, "No images", height=160)
+    for what, values in (("titles", titles), ("title_colors", title_colors)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{what} has {len(values)} entries for {n} images")
+    band = h // 3 if titles is not None else 0
+    z, corners = _mosaic(images.astype(np.float64), ncols, int(gap), band)
+    vmax = 255.0 if images.dtype == np.uint8 else float(np.nanmax(z)) or 1.0
+    fig = go.Figure(go.Heatmap(z=z, colorscale="gray", reversescale=True, zmin=0, zmax=vmax, showscale=False,
+                               hoverinfo="skip"))
+    if titles is not None:
+        fig.update_layout(annotations=[
+            dict(x=left + w / 2 - 0.5, y=top - 0.5, text=str(titles[i]), showarrow=False, yanchor="bottom",
+                 font=dict(size=10, color=title_colors[i] if title_colors is not None else "#333"))
+            for i, (top, left) in enumerate(corners)
+        ])
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
+    tile = 84  # screen pixels per image width
+    width = int(tile * z.shape[1] / w)
+    height = int(width * z.shape[0] / z.shape[1])
+    return _layout(fig, title, width=width + 20, height=height + 60, margin=dict(l=10, r=10, t=50, b=10),
+                   plot_bgcolor="white")
+
+
+def confusion_matrix(cm, labels, *, title="Confusion matrix", normalize=False):
+    """Heatmap of a confusion matrix with the counts written in the cells.
+
+    Parameters
+    ----------
+    cm : array-like of shape (n_classes, n_classes)
+        Rows are true classes, columns predicted classes, both in ``labels`` order.
+    labels : sequence of str
+    title : str
+    normalize : bool
+        Colour by the share of each true class instead of the count (text stays counts).
+
+    Returns
+    -------
+    go.Figure
+        One ``go.Heatmap``; ``text`` holds the counts, first true class on top.
+    """
+    cm = np.asarray(cm)
+    labels = [str(label) for label in labels]
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(labels):
+        raise ValueError(f"cm must be square with one row per label ({len(labels)}), got shape {cm.shape}")
+    z = cm.astype(np.float64)
+    if normalize:
+        totals = z.sum(axis=1, keepdims=True)
+        z = np.divide(z, totals, out=np.zeros_like(z), where=totals > 0)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, text=cm.astype(np.int64).tolist(), texttemplate="%{text}",
+        colorscale="Blues", showscale=False,
+        hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
+    ))
+    fig.update_xaxes(title="predicted", type="category", side="bottom")
+    fig.update_yaxes(title="true", type="category", autorange="reversed")
+    size = max(360, 140 + 60 * len(labels))
+    return _layout(fig, title, height=size, width=size + 40)
+
+
+def training_curves(history, *, title="Training"):
+    """Loss and accuracy per epoch.
+
+    Parameters
+    ----------
+    history : dict[str, list of float]
+        Metric name -> value per epoch, as ``signatures.models.train`` returns; names
+        containing ``"loss"`` go to the left panel, the others to the right one.
+        May be empty (a given model was not trained): the figure then says so.
+    title : str
+
+    Returns
+    -------
+    go.Figure
+        One trace per metric.
+    """
+    history = {k: list(v) for k, v in (history or {}).items() if len(v)}
+    if not history:
+        return _empty(title, "No training history: the model was given, not trained here", height=300)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"), horizontal_spacing=0.12)
+    for i, (name, values) in enumerate(sorted(history.items())):
+        col = 1 if "loss" in name else 2
+        color = ANOMALY_COLORS[1] if name.startswith("val") else TRAINED_COLORS[0]
+        fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=values, mode="lines+markers", name=name,
+                                 line=dict(color=color, dash="dot" if name.startswith("val") else "solid")),
+                      row=1, col=col)
+    fig.update_xaxes(title="epoch", dtick=1)
+    return _layout(fig, title, height=340)
+
+
+# --- Experiment adapters -----------------------------------------------------------
+
+#: What :func:`layer_umap` can colour by.
+COLOR_BY = ("digit", "cluster", "predicted", "anomaly")
+
+_SPLIT_NAMES = {0: "train", 1: "held-out", 2: "anomaly"}
+
+
+def _hover(exp, layer_index):
+    names = exp.class_names
+    pred = exp.predicted
+    return np.array([
+        f"row {i} · {_SPLIT_NAMES.get(int(s), s)}<br>true {names[t]} · predicted {names[p]}<br>cluster c{c}"
+        for i, (s, t, p, c) in enumerate(zip(exp.split.tolist(), exp.labels.tolist(), pred.tolist(),
+                                             exp.paths[:, layer_index].tolist()))
+    ], dtype=object)
+
+
+def layer_umap(exp, layer, *, color_by="digit", title=None):
+    """UMAP map of one layer of an experiment.
+
+    Parameters
+    ----------
+    exp : Experiment
+    layer : str
+    color_by : {"digit", "cluster", "predicted", "anomaly"}
+        True class (anomaly classes in warm colours), cluster id in ``layer``,
+        predicted class, or trained vs anomaly. Anomaly rows always get ``x`` markers.
+    title : str, optional
+
+    Returns
+    -------
+    go.Figure
+    """
+    if layer not in exp.layers:
+        raise ValueError(f"layer must be one of {list(exp.layers)}, got {layer!r}")
+    if color_by not in COLOR_BY:
+        raise ValueError(f"color_by must be one of {list(COLOR_BY)}, got {color_by!r}")
+    li = list(exp.layers).index(layer)
+    anomaly = exp.split == 2
+    names_of = exp.class_names
+    symbols = np.where(anomaly, "x", "circle")
+    if color_by == "digit":
+        color = exp.labels
+        names = {int(c): str(names_of[c]) for c in exp.classes}
+        names.update({int(a): f"{names_of[a]} (anomaly)" for a in exp.anomalies})
+        anomaly_groups = exp.anomalies
+    elif color_by == "cluster":
+        color = exp.paths[:, li]
+        names = {int(c): f"c{c}" for c in np.unique(color)}
+        anomaly_groups = ()
+    elif color_by == "predicted":
+        color = exp.predicted
+        names = {int(c): f"predicted {names_of[c]}" for c in exp.classes}
+        anomaly_groups = ()
+    else:
+        color = np.where(anomaly, "anomaly", "trained classes")
+        names, anomaly_groups = {}, ("anomaly",)
+    return umap_scatter(exp.embeddings[layer], color, names=names, anomaly_groups=anomaly_groups,
+                        symbols=symbols, hover=_hover(exp, li),
+                        title=title or f"UMAP of {layer}, coloured by {color_by}")
+
+
+def experiment_sankey(exp, *splits, title=None):
+    """Sankey of an experiment's paths over the rows of ``splits`` (all rows if none).
+
+    Links are grouped by true class; anomaly classes are drawn in warm colours.
+    """
+    rows = exp.rows(*splits)
+    return sankey(exp.flows(*splits), exp.layers, exp.class_names, anomaly_groups=exp.anomalies,
+                  title=title or f"Cluster paths of {len(rows)} inputs, first hidden layer to predicted class")

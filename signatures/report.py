@@ -1,0 +1,379 @@
+"""A self-contained HTML report of one experiment.
+
+The report is a single file that opens in a browser with no server and no network:
+plotly.js is embedded once, inline, and each figure is stored as JSON in a
+``<script type="application/json" class="plotly-figure">`` that one small script draws.
+Every figure sits in ``<section class="figure" data-figure="KIND" data-layer="LAYER">``
+(``data-layer`` only for per-layer figures), with KIND one of ``confusion``,
+``training``, ``silhouette``, ``umap``, ``sankey`` and ``cluster-images``, so the page
+can be checked with an HTML parser.
+
+It works on a stored experiment (:func:`signatures.store.load_experiment`) and imports
+no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from . import figures as _fig
+from .paths import path_label
+from .store import write_file_atomic
+
+__all__ = ["render_report", "write_report", "FIGURE_KINDS"]
+
+#: The ``data-figure`` values a report uses.
+FIGURE_KINDS = ("confusion", "training", "silhouette", "umap", "sankey", "cluster-images")
+
+_CSS = """
+:root { --ink: #222; --muted: #666; --line: #e3e3e3; --accent: #1f77b4; --warn: #d62728; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--ink); background: #fafafa;
+       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
+h1 { margin: 0 0 4px; font-size: 28px; }
+h2 { margin: 40px 0 12px; padding-bottom: 4px; border-bottom: 2px solid var(--line); font-size: 22px; }
+h3 { margin: 28px 0 8px; font-size: 18px; }
+.lede { margin: 0 0 12px; color: var(--muted); font-size: 16px; }
+nav { margin: 12px 0 0; font-size: 14px; }
+nav a { margin-right: 16px; color: var(--accent); text-decoration: none; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 12px 0; font-size: 14px; }
+dl.facts dt { color: var(--muted); }
+dl.facts dd { margin: 0; }
+.score { font-size: 32px; font-weight: 600; margin: 0; }
+.score small { font-size: 15px; font-weight: 400; color: var(--muted); }
+.row { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1.4fr); gap: 16px; align-items: start; }
+.row.even { grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); }
+section.figure { margin: 8px 0 16px; }
+section.figure .caption { margin: 2px 0 0; color: var(--muted); font-size: 13px; }
+.plot { width: 100%; }
+p.note { margin: 6px 0; padding: 6px 10px; border-left: 3px solid var(--warn); background: #fff4f2; font-size: 14px; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
+th, td { padding: 3px 10px; border-bottom: 1px solid var(--line); text-align: right; }
+th { background: #f3f3f3; font-weight: 600; }
+td.path, th.path { text-align: left; font-family: ui-monospace, Menlo, Consolas, monospace; }
+th.anomaly, td.anomaly { color: var(--warn); }
+td.zero { color: #bbb; }
+footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
+"""
+
+_DRAW = """
+document.querySelectorAll("script.plotly-figure").forEach(function (el) {
+  var fig = JSON.parse(el.textContent);
+  Plotly.newPlot(el.dataset.target, fig.data, fig.layout, {responsive: true, displaylogo: false});
+});
+"""
+
+
+def _e(value):
+    return html.escape(str(value), quote=True)
+
+
+def _json_for_script(fig):
+    """Figure JSON that cannot end its ``<script>`` element early."""
+    return fig.to_json().replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+class _Page:
+    """Collects figures, numbering their ``<div>`` ids."""
+
+    def __init__(self):
+        self.n = 0
+
+    def figure(self, fig, kind, *, layer=None, caption=None, note=None, extra=None):
+        if kind not in FIGURE_KINDS:
+            raise ValueError(f"figure kind must be one of {FIGURE_KINDS}, got {kind!r}")
+        attrs = f' data-figure="{kind}"'
+        if layer is not None:
+            attrs += f' data-layer="{_e(layer)}"'
+        for key, value in (extra or {}).items():
+            attrs += f' data-{key}="{_e(value)}"'
+        parts = [f'<section class="figure"{attrs}>']
+        if note:
+            parts.append(f'<p class="note">{_e(note)}</p>')
+        if fig is not None:
+            self.n += 1
+            target = f"fig-{self.n}"
+            parts.append(f'<div class="plot" id="{target}"></div>')
+            parts.append(f'<script type="application/json" class="plotly-figure" data-target="{target}">'
+                         f"{_json_for_script(fig)}</script>")
+        if caption:
+            parts.append(f'<p class="caption">{_e(caption)}</p>')
+        parts.append("</section>")
+        return "\n".join(parts)
+
+
+def _names(exp, labels):
+    return ", ".join(str(exp.class_names[c]) for c in labels)
+
+
+def _architecture(exp):
+    c = exp.config
+    if c.model_path:
+        text = f"user model {Path(c.model_path).name}"
+    elif c.arch == "cnn":
+        text = f"CNN, conv {'-'.join(map(str, c.filters))}"
+        if c.hidden:
+            text += f", dense {'-'.join(map(str, c.hidden))}"
+        text += f" ({c.activation}, {c.reduce} of feature maps)"
+    else:
+        text = f"MLP, dense {'-'.join(map(str, c.hidden))} ({c.activation})"
+    n_params = exp.info.get("n_params")
+    return text + (f", {n_params:,} parameters" if n_params else "")
+
+
+def _header(exp):
+    c = exp.config
+    counts = {s: len(exp.rows(s)) for s in ("train", "test", "anomaly")}
+    anomalies = _names(exp, exp.anomalies) if exp.anomalies else "none"
+    facts = [
+        ("dataset", f"{c.dataset} ({exp.info.get('source', 'source not recorded')})"),
+        ("trained classes", _names(exp, exp.classes)),
+        ("anomalies (never trained on)", anomalies),
+        ("architecture", _architecture(exp)),
+        ("inputs", f"{counts['train']} training, {counts['test']} held-out, {counts['anomaly']} anomaly"),
+        ("training", f"{c.epochs} epochs, batch {c.batch_size}, seed {c.seed}"),
+        ("clustering", f"k-means per layer, K in {c.k_min}..{c.k_max} by silhouette "
+                       f"(on at most {c.sample_size} training rows)"),
+        ("config key", c.key()),
+    ]
+    dl = "\n".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
+    lede = (f"{c.dataset} · trained on {_names(exp, exp.classes)} · anomalies {anomalies} · "
+            f"{_architecture(exp)}")
+    return f"""<header>
+<h1>Signatures of {_e(c.name)}</h1>
+<p class="lede">{_e(lede)}</p>
+<dl class="facts">
+{dl}
+</dl>
+<nav><a href="#accuracy">Accuracy</a><a href="#layers">Layers</a><a href="#paths">Paths</a>
+<a href="#clusters">Cluster images</a></nav>
+</header>"""
+
+
+def _anomaly_table(exp):
+    if not exp.anomalies:
+        return ""
+    pred = exp.predicted
+    head = "".join(f"<th>{_e(exp.class_names[c])}</th>" for c in exp.classes)
+    rows = []
+    for a in exp.anomalies:
+        mask = (exp.labels == a) & exp.is_anomaly()
+        cells = []
+        for c in exp.classes:
+            n = int(np.sum(pred[mask] == c))
+            cells.append(f'<td class="{"zero" if n == 0 else ""}">{n}</td>')
+        rows.append(f'<tr><th class="anomaly">{_e(exp.class_names[a])}</th>{"".join(cells)}</tr>')
+    return (
+        "<h3>What the anomalies are taken for</h3>"
+        '<table class="anomaly-predictions"><thead><tr><th>anomaly class</th>'
+        f'<th colspan="{len(exp.classes)}">predicted as</th></tr>'
+        f"<tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _accuracy(exp, page):
+    m = exp.metrics
+    parts = ['<h2 id="accuracy">Accuracy</h2>']
+    if "accuracy" in m:
+        train = f" · training {m['train_accuracy']:.2%}" if "train_accuracy" in m else ""
+        parts.append(f'<p class="score">{m["accuracy"]:.2%} <small>held-out accuracy{_e(train)}</small></p>')
+    labels = [exp.class_names[c] for c in exp.classes]
+    confusion = (page.figure(_fig.confusion_matrix(m["confusion"], labels, title="Confusion matrix (held-out)"),
+                             "confusion", caption="Rows: true class; columns: predicted class.")
+                 if m.get("confusion") is not None else
+                 page.figure(None, "confusion", note="No confusion matrix was recorded."))
+    training = page.figure(_fig.training_curves(m.get("history") or {}), "training")
+    parts.append(f'<div class="row even"><div>{confusion}</div><div>{training}</div></div>')
+    parts.append(_anomaly_table(exp))
+    return "\n".join(parts)
+
+
+def _layer_note(est):
+    if est.status_ != "ok":
+        return f"{est.status_}: {est.note_}"
+    return est.note_ or None
+
+
+def _layers(exp, page):
+    parts = ['<h2 id="layers">Hidden layers</h2>',
+             "<p>For each hidden layer: the silhouette score of k-means for each K (the chosen K is starred), "
+             "and a UMAP map of the activations, fitted on inputs of the trained classes only, with the "
+             "anomaly inputs placed on it afterwards. Anomalies are drawn as crosses in warm colours.</p>"]
+    for name in exp.layers:
+        est = exp.clusterers[name]
+        units = exp.hidden[name].shape[1] if name in exp.hidden else "?"
+        parts.append(f"<h3>{_e(name)} <small>· {_e(units)} units · K = {est.k_}</small></h3>")
+        note = _layer_note(est)
+        sil = page.figure(
+            _fig.silhouette_curve(est.silhouette_scores_, est.k_, title=f"Silhouette by K, {name}"),
+            "silhouette", layer=name, note=note,
+        )
+        if est.status_ == "constant":
+            umap = page.figure(None, "umap", layer=name,
+                               note="Not projected: every input has the same activations in this layer.")
+        else:
+            emb = exp.embeddings[name]
+            n = int(np.isfinite(emb).all(axis=1).sum())
+            umap = page.figure(_fig.layer_umap(exp, name, color_by="digit", title=f"UMAP of {name}, by true class"),
+                               "umap", layer=name, caption=f"{n} of {exp.n_rows} inputs projected.")
+        parts.append(f'<div class="row"><div>{sil}</div><div>{umap}</div></div>')
+    return "\n".join(parts)
+
+
+def _paths_table(exp, max_paths):
+    counts = exp.path_counts()
+    groups = list(exp.classes) + list(exp.anomalies)
+    anomalies = set(exp.anomalies)
+    top = counts[:max_paths]
+    covered = sum(r["total"] for r in top)
+    head = "".join(
+        f'<th class="{"anomaly" if g in anomalies else ""}">{_e(exp.class_names[g])}</th>' for g in groups
+    )
+    rows = []
+    for i, r in enumerate(top, start=1):
+        cells = []
+        for g in groups:
+            n = r["by_group"].get(g, 0)
+            cls = " ".join(c for c in ("anomaly" if g in anomalies else "", "zero" if n == 0 else "") if c)
+            cells.append(f'<td class="{cls}">{n}</td>')
+        label = path_label(r["path"], exp.layers, class_names=exp.class_names)
+        rows.append(f'<tr><td>{i}</td><td class="path">{_e(label)}</td><td>{r["total"]}</td>{"".join(cells)}</tr>')
+    summary = (f"{len(counts)} distinct paths (layer clusters and predicted class) over {exp.n_rows} inputs; "
+               f"the {len(top)} most common below cover {covered / max(exp.n_rows, 1):.1%} of them.")
+    return (
+        f"<h3>Most common paths</h3><p>{_e(summary)}</p>"
+        '<table class="paths"><thead><tr><th>#</th><th class="path">path</th><th>inputs</th>'
+        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _paths(exp, page, max_paths):
+    n = exp.n_rows
+    sankey = page.figure(
+        _fig.experiment_sankey(exp, title=f"Cluster paths of all {n} inputs, first hidden layer to predicted class"),
+        "sankey",
+        caption="Links are coloured by true class; anomaly classes in reds and oranges. "
+                "Training, held-out and anomaly inputs are all included.",
+    )
+    return "\n".join(['<h2 id="paths">Cluster paths</h2>', sankey, _paths_table(exp, max_paths)])
+
+
+def _composition(exp, rows):
+    parts = []
+    for g in list(exp.classes) + list(exp.anomalies):
+        n = int(np.sum(exp.labels[rows] == g))
+        if n:
+            parts.append(f"{n} × {exp.class_names[g]}" + (" (anomaly)" if g in exp.anomalies else ""))
+    return ", ".join(parts)
+
+
+def _clusters(exp, page, max_clusters, images_per_cluster):
+    parts = ['<h2 id="clusters">Cluster images</h2>',
+             f"<p>The {max_clusters} largest clusters of each layer (all inputs counted), with up to "
+             f"{images_per_cluster} members drawn at random. Each image is labelled with its true class; "
+             "anomalies are labelled in red.</p>"]
+    rng = np.random.default_rng(exp.config.seed)
+    anomaly = exp.is_anomaly()
+    for li, name in enumerate(exp.layers):
+        parts.append(f"<h3>{_e(name)}</h3>")
+        ids, sizes = np.unique(exp.paths[:, li], return_counts=True)
+        order = np.lexsort((ids, -sizes))[:max_clusters]
+        for c, size in zip(ids[order].tolist(), sizes[order].tolist()):
+            members = np.flatnonzero(exp.paths[:, li] == c)
+            shown = members
+            if len(members) > images_per_cluster:
+                shown = np.sort(rng.choice(members, size=images_per_cluster, replace=False))
+            titles = [str(exp.class_names[label]) for label in exp.labels[shown].tolist()]
+            colors = ["#d62728" if a else "#333" for a in anomaly[shown].tolist()]
+            fig = _fig.image_grid(exp.images[shown], titles=titles, title_colors=colors,
+                                  title=f"{name} c{c}: {size} inputs")
+            parts.append(page.figure(fig, "cluster-images", layer=name, extra={"cluster": c},
+                                     caption=f"Members: {_composition(exp, members)}."))
+    return "\n".join(parts)
+
+
+def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12):
+    """The HTML report of an experiment, as a string.
+
+    Parameters
+    ----------
+    exp : Experiment
+        Run here or loaded with :func:`signatures.store.load_experiment`.
+    max_clusters : int
+        Largest clusters per layer whose member images are shown.
+    images_per_cluster : int
+        Most images drawn per cluster (a seeded random sample of its members).
+    max_paths : int
+        Rows of the table of most common paths.
+
+    Returns
+    -------
+    str
+        A complete HTML document with plotly.js inline, needing no network.
+    """
+    for what, value in (("max_clusters", max_clusters), ("images_per_cluster", images_per_cluster),
+                        ("max_paths", max_paths)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    from plotly.offline import get_plotlyjs
+
+    page = _Page()
+    body = "\n".join([
+        _header(exp),
+        _accuracy(exp, page),
+        _layers(exp, page),
+        _paths(exp, page, int(max_paths)),
+        _clusters(exp, page, int(max_clusters), int(images_per_cluster)),
+    ])
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in exp.timings.items())
+    footer = f"signatures {__version__}" + (f" · run time: {timings}" if timings else "")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Signatures of {_e(exp.config.name)}</title>
+<style>{_CSS}</style>
+<script>{get_plotlyjs()}</script>
+</head>
+<body>
+<main>
+{body}
+<footer>{_e(footer)}</footer>
+</main>
+<script>{_DRAW}</script>
+</body>
+</html>
+"""
+
+
+def write_report(exp, path, *, max_clusters=4, images_per_cluster=20, max_paths=12):
+    """Write the report of ``exp`` to ``path``, atomically.
+
+    Parameters
+    ----------
+    exp : Experiment
+    path : str or Path
+        The HTML file to write, or an existing folder (e.g. the experiment's own
+        folder) to write ``report.html`` into. Missing parent folders are created.
+    max_clusters, images_per_cluster, max_paths : int
+        See :func:`render_report`.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.html"
+    text = render_report(exp, max_clusters=max_clusters, images_per_cluster=images_per_cluster,
+                         max_paths=max_paths)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(path, text)
+    return path
