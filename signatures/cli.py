@@ -95,6 +95,32 @@ def _cmd_list(args):
     return 0
 
 
+def _cmd_canonical(args):
+    from .canonical import build_canonical
+    from .experiment import print_progress
+
+    outcome = build_canonical(args.store, data_dir=str(args.data_dir) if args.data_dir else None,
+                              only=args.only, overwrite=args.overwrite,
+                              progress=None if args.quiet else print_progress)
+    for name, what in outcome.items():
+        print(f"{name:<32} {what}")
+    return 0 if not any(w.startswith("not built") for w in outcome.values()) else 2
+
+
+def _cmd_serve(args):
+    from .site import serve
+    from .store import list_experiments
+
+    if not list_experiments(args.store):
+        print(f"note: no stored experiments in {args.store}/ yet; build the canonical ones with "
+              f"'python -m signatures canonical --store {args.store}' (the Builder page adds more)")
+    print(f"serving on http://{args.address}:{args.port}/ (Ctrl-C to stop); the Builder's kernels warm up "
+          "TensorFlow and UMAP in the background for about a minute after start")
+    serve(port=args.port, address=args.address, store=args.store,
+          data_dir=str(args.data_dir) if args.data_dir else None, pool_size=args.pool_size)
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m signatures", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +156,22 @@ def build_parser():
     rep = sub.add_parser("report", help="re-draw report.html of a stored experiment (no TensorFlow)")
     rep.add_argument("folder", type=Path)
     rep.set_defaults(func=_cmd_report)
+
+    can = sub.add_parser("canonical", help="build the original study's canonical experiments into a store")
+    can.add_argument("--store", type=Path, default=Path("runs"), help="store folder (default runs)")
+    can.add_argument("--data-dir", type=str, help="IDX folder(s), separated by ':' (default: $SIGNATURES_DATA_DIR)")
+    can.add_argument("--only", nargs="+", help="build only these names")
+    can.add_argument("--overwrite", action="store_true", help="rebuild experiments already stored")
+    can.add_argument("--quiet", action="store_true")
+    can.set_defaults(func=_cmd_canonical)
+
+    srv = sub.add_parser("serve", help="serve the web site (landing page, Builder, Gallery) with Voila")
+    srv.add_argument("--port", type=int, default=8866)
+    srv.add_argument("--address", default="127.0.0.1", help="address to listen on (default loopback only)")
+    srv.add_argument("--store", type=Path, default=Path("runs"), help="store folder (default runs)")
+    srv.add_argument("--data-dir", type=str, help="IDX folder(s) for the Builder (default: $SIGNATURES_DATA_DIR)")
+    srv.add_argument("--pool-size", type=int, default=1, help="preheated kernels kept ready per page (default 1)")
+    srv.set_defaults(func=_cmd_serve)
 
     ls = sub.add_parser("list", help="list the complete experiments under a folder")
     ls.add_argument("root", type=Path, nargs="?", default=Path("runs"))

@@ -13,7 +13,8 @@ Where MNIST and Fashion-MNIST come from, in this order:
 A data directory holds the standard IDX files (``train-images-idx3-ubyte[.gz]``,
 ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``), either directly or in a subfolder
 named after the dataset (``<dir>/mnist/``). The train pair, the t10k pair or both
-may be present. If no source works, :class:`DataUnavailableError` names the ways
+may be present. Several directories may be given, separated by ``os.pathsep``; a
+directory named after one dataset (``.../fashion-mnist``) is never read as another. If no source works, :class:`DataUnavailableError` names the ways
 out; there is no silent fallback to another dataset.
 
 This module imports no TensorFlow unless it has to download through Keras.
@@ -191,21 +192,34 @@ def _find_idx_pair(folder, prefix):
     return None
 
 
-def _idx_folder(root, name):
-    """The folder under ``root`` that holds ``name``'s IDX files, or None."""
-    root = Path(root)
-    for folder in [root / sub for sub in _IDX_SUBDIRS[name]] + [root]:
-        if folder.is_dir() and (_find_idx_pair(folder, "train") or _find_idx_pair(folder, "t10k")):
-            return folder
+def _idx_folder(roots, name):
+    """The folder that holds ``name``'s IDX files: a root's subfolder named after it, or a root
+    itself unless that root is named after another dataset. None if there is none."""
+    others = {sub.lower() for key, subs in _IDX_SUBDIRS.items() if key != name for sub in subs}
+    for root in roots:
+        root = Path(root)
+        candidates = [root / sub for sub in _IDX_SUBDIRS[name]]
+        if root.name.lower() not in others:
+            candidates.append(root)
+        for folder in candidates:
+            if folder.is_dir() and (_find_idx_pair(folder, "train") or _find_idx_pair(folder, "t10k")):
+                return folder
     return None
 
 
-def _load_idx_dir(name, root):
-    folder = _idx_folder(root, name)
+def _split_dirs(data_dir):
+    """A data directory option as a list of folders (``os.pathsep`` separates several)."""
+    if isinstance(data_dir, (list, tuple)):
+        return [Path(d) for d in data_dir]
+    return [Path(d) for d in str(data_dir).split(os.pathsep) if d]
+
+
+def _load_idx_dir(name, roots):
+    folder = _idx_folder(roots, name)
     if folder is None:
         raise DataUnavailableError(
             f"no {name} IDX files (train-/t10k-images-idx3-ubyte[.gz] with matching labels) "
-            f"found in {root} or its subfolders {', '.join(_IDX_SUBDIRS[name])}. "
+            f"found in {os.pathsep.join(map(str, roots))} or subfolders named {', '.join(_IDX_SUBDIRS[name])}. "
             + _ways_out(name)
         )
     images, labels, parts = [], [], []
@@ -281,9 +295,11 @@ def load_dataset(name="mnist", *, data_dir=None):
     Parameters
     ----------
     name : {"mnist", "fashion-mnist", "digits"}
-    data_dir : str or Path, optional
-        Folder of IDX files. Defaults to ``$SIGNATURES_DATA_DIR``; when neither is
-        set, MNIST and Fashion-MNIST come from ``keras.datasets``.
+    data_dir : str, Path or list, optional
+        Folder of IDX files, or several (a list, or one string with ``os.pathsep``
+        between them, e.g. ``../shared/data:/usr/share/datasets/fashion-mnist``).
+        Defaults to ``$SIGNATURES_DATA_DIR``; when neither is set, MNIST and
+        Fashion-MNIST come from ``keras.datasets``.
 
     Returns
     -------
@@ -304,9 +320,11 @@ def load_dataset(name="mnist", *, data_dir=None):
     else:
         data_dir = data_dir if data_dir is not None else os.environ.get(ENV_DATA_DIR) or None
         if data_dir is not None:
-            if not Path(data_dir).is_dir():
-                raise ValueError(f"data directory {str(data_dir)!r} does not exist or is not a folder")
-            images, labels, source = _load_idx_dir(name, data_dir)
+            roots = _split_dirs(data_dir)
+            missing = [str(r) for r in roots if not r.is_dir()]
+            if missing or not roots:
+                raise ValueError(f"data directory {', '.join(missing) or repr(data_dir)} does not exist or is not a folder")
+            images, labels, source = _load_idx_dir(name, roots)
         else:
             images, labels, source = _load_keras(name)
         max_value = 255.0

@@ -58,6 +58,10 @@ class ExperimentConfig:
         Classes to train on (at least two).
     anomalies : tuple of int
         Classes never trained on, inserted after training.
+    all_unseen : bool
+        Also keep held-out images of every other class not trained on (as anomaly rows),
+        so that any unseen class can be inserted later from stored activations;
+        ``anomalies`` stay the ones highlighted by default.
     n_per_class : int or None
         Images per trained class; ``None`` takes all of them.
     test_size : float
@@ -88,6 +92,7 @@ class ExperimentConfig:
     dataset: str = "mnist"
     digits: tuple = (1, 7)
     anomalies: tuple = ()
+    all_unseen: bool = False
     n_per_class: int | None = None
     test_size: float = 0.2
     arch: str = "mlp"
@@ -105,46 +110,98 @@ class ExperimentConfig:
     model_path: str | None = None
     data_dir: str | None = None
 
-    def validate(self):
-        """Normalise the values and raise ValueError naming the first bad one."""
+    def _check_dataset(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
-        n_classes = len(DATASETS[self.dataset])
-        self.digits = tuple(sorted(_ints(self.digits, "digits")))
-        self.anomalies = tuple(sorted(_ints(self.anomalies, "anomalies")))
-        for what, values in (("digits", self.digits), ("anomalies", self.anomalies)):
-            bad = [d for d in values if not 0 <= d < n_classes]
-            if bad:
-                raise ValueError(f"{what} must be in 0..{n_classes - 1} for {self.dataset}, got {bad}")
-            dupes = sorted({d for d in values if values.count(d) > 1})
-            if dupes:
-                raise ValueError(f"{what} lists {dupes} more than once")
+
+    def _check_classes(self, what):
+        n_classes = len(DATASETS.get(self.dataset, range(10)))
+        values = tuple(sorted(_ints(getattr(self, what), what)))
+        bad = [d for d in values if not 0 <= d < n_classes]
+        if bad:
+            raise ValueError(f"{what} must be in 0..{n_classes - 1} for {self.dataset}, got {bad}")
+        dupes = sorted({d for d in values if values.count(d) > 1})
+        if dupes:
+            raise ValueError(f"{what} lists {dupes} more than once")
+        setattr(self, what, values)
+
+    def _check_digits(self):
+        self._check_classes("digits")
         if len(self.digits) < 2:
             raise ValueError(f"train on at least 2 digits (classes), got {list(self.digits)}")
-        both = sorted(set(self.digits) & set(self.anomalies))
+
+    def _check_anomalies(self):
+        self._check_classes("anomalies")
+        both = sorted(set(_ints(self.digits, "digits")) & set(self.anomalies))
         if both:
             raise ValueError(f"digits {both} are both trained and anomalies; an anomaly must be unseen in training")
+
+    def _check_n_per_class(self):
         if self.n_per_class is not None:
-            if isinstance(self.n_per_class, bool) or int(self.n_per_class) != self.n_per_class or self.n_per_class < 2:
-                raise ValueError(f"n_per_class must be an integer >= 2 or None (all images), got {self.n_per_class!r}")
-            self.n_per_class = int(self.n_per_class)
+            n = self.n_per_class
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer, float)) or int(n) != n or n < 2:
+                raise ValueError(f"n_per_class (images per class) must be an integer >= 2, or empty for all images; got {n!r}")
+            self.n_per_class = int(n)
+
+    def _check_arch(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {list(ARCHITECTURES)}, got {self.arch!r}")
-        self.hidden = parse_hidden(self.hidden) if (self.arch == "mlp" or len(self.hidden)) else ()
+
+    def _check_hidden(self):
+        self.hidden = parse_hidden(self.hidden) if (self.arch != "cnn" or len(self.hidden)) else ()
+
+    def _check_filters(self):
         self.filters = parse_hidden(self.filters)
+
+    def _check_activation(self):
         check_activation(self.activation)
+
+    def _check_counts(self):
         for what in ("epochs", "batch_size", "sample_size", "umap_points"):
             value = getattr(self, what)
-            if isinstance(value, bool) or int(value) != value or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{what} must be a positive integer, got {value!r}")
             setattr(self, what, int(value))
+
+    def _check_k_range(self):
         if self.k_min > self.k_max:
             raise ValueError(f"K range is inverted: k_min = {self.k_min} > k_max = {self.k_max}")
         check_k_range(range(self.k_min, self.k_max + 1))
+
+    def _check_rest(self):
         if not 0.0 < float(self.test_size) < 1.0:
             raise ValueError(f"test_size must be between 0 and 1 (exclusive), got {self.test_size}")
         if self.reduce not in ("mean", "flatten"):
             raise ValueError(f"reduce must be 'mean' or 'flatten', got {self.reduce!r}")
+
+    #: Field (as an app names its control) -> check, in the order they are reported.
+    _CHECKS = (
+        ("dataset", "_check_dataset"), ("digits", "_check_digits"), ("anomalies", "_check_anomalies"),
+        ("n_per_class", "_check_n_per_class"), ("arch", "_check_arch"), ("hidden", "_check_hidden"),
+        ("filters", "_check_filters"), ("activation", "_check_activation"), ("epochs", "_check_counts"),
+        ("k_range", "_check_k_range"), ("other", "_check_rest"),
+    )
+
+    def problems(self):
+        """Every bad value at once: dict of field -> message (empty when all is well).
+
+        Fields are ``dataset``, ``digits``, ``anomalies``, ``n_per_class``, ``arch``,
+        ``hidden``, ``filters``, ``activation``, ``epochs`` (and the other counts),
+        ``k_range`` and ``other``; an app shows each message next to its control.
+        """
+        out = {}
+        for field_name, check in self._CHECKS:
+            try:
+                getattr(self, check)()
+            except ValueError as exc:
+                out[field_name] = str(exc)
+        return out
+
+    def validate(self):
+        """Normalise the values and raise ValueError naming the first bad one."""
+        problems = self.problems()
+        if problems:
+            raise ValueError(next(iter(problems.values())))
         return self
 
     @property
@@ -248,19 +305,40 @@ class Experiment:
             raise ValueError(f"splits must be among {list(SPLITS)}, got {unknown}")
         return np.flatnonzero(np.isin(self.split, [SPLITS[s] for s in splits]))
 
+    @property
+    def unseen(self):
+        """Classes that have anomaly rows (never trained on), sorted."""
+        return tuple(int(c) for c in np.unique(self.labels[self.split == SPLITS["anomaly"]]))
+
+    def rows_with(self, anomalies):
+        """All in-distribution rows plus the anomaly rows of the classes in ``anomalies``."""
+        anomalies = [int(a) for a in anomalies]
+        missing = sorted(set(anomalies) - set(self.unseen))
+        if missing:
+            raise ValueError(
+                f"anomaly classes {missing} have no stored rows in this experiment; stored: {list(self.unseen)}"
+            )
+        keep = (self.split != SPLITS["anomaly"]) | np.isin(self.labels, anomalies)
+        return np.flatnonzero(keep)
+
     def is_anomaly(self):
         return self.split == SPLITS["anomaly"]
 
-    def path_counts(self, *splits, with_prediction=True):
-        """:func:`signatures.paths.path_counts` over the rows of ``splits``."""
-        rows = self.rows(*splits)
+    def _selected(self, splits, rows):
+        if rows is not None and splits:
+            raise ValueError("give either splits or rows, not both")
+        return np.asarray(rows) if rows is not None else self.rows(*splits)
+
+    def path_counts(self, *splits, rows=None, with_prediction=True):
+        """:func:`signatures.paths.path_counts` over the rows of ``splits`` (or the given ``rows``)."""
+        rows = self._selected(splits, rows)
         return _paths.path_counts(
             self.paths[rows], self.labels[rows], predicted=self.predicted[rows] if with_prediction else None
         )
 
-    def flows(self, *splits, with_prediction=True):
-        """:func:`signatures.paths.flows` over the rows of ``splits``."""
-        rows = self.rows(*splits)
+    def flows(self, *splits, rows=None, with_prediction=True):
+        """:func:`signatures.paths.flows` over the rows of ``splits`` (or the given ``rows``)."""
+        rows = self._selected(splits, rows)
         return _paths.flows(
             self.paths[rows], self.labels[rows], predicted=self.predicted[rows] if with_prediction else None
         )
@@ -272,9 +350,9 @@ class Experiment:
         rows = self.rows(*splits)
         return rows[_paths.cluster_members(self.paths[rows], layer=self.layers.index(layer), cluster=cluster)]
 
-    def path_members(self, path, *splits):
+    def path_members(self, path, *splits, rows=None):
         """Row indices taking ``path`` (cluster ids, optionally + predicted class)."""
-        rows = self.rows(*splits)
+        rows = self._selected(splits, rows)
         predicted = self.predicted[rows] if len(path) == len(self.layers) + 1 else None
         return rows[_paths.path_members(self.paths[rows], path, predicted=predicted)]
 
@@ -288,7 +366,7 @@ def print_progress(stage, fraction, message):
     print(f"[{stage:<10} {fraction:4.0%}] {message}", flush=True)
 
 
-def run_experiment(config, *, progress=None, model=None):
+def run_experiment(config, *, progress=None, model=None, dataset=None):
     """Carry out an experiment from start to end.
 
     Parameters
@@ -299,6 +377,8 @@ def run_experiment(config, *, progress=None, model=None):
         clustering, projection.
     model : keras.Model, optional
         An already trained model to use instead of training (as does ``config.model_path``).
+    dataset : Dataset, optional
+        ``config.dataset`` already loaded (an app that checked it keeps it); loaded if not given.
 
     Returns
     -------
@@ -319,7 +399,10 @@ def run_experiment(config, *, progress=None, model=None):
         t0 = now
 
     report("loading", 0.0, f"loading {config.dataset}")
-    dataset = _data.load_dataset(config.dataset, data_dir=config.data_dir)
+    if dataset is None:
+        dataset = _data.load_dataset(config.dataset, data_dir=config.data_dir)
+    elif dataset.name != config.dataset:
+        raise ValueError(f"the given dataset is {dataset.name!r} but the config asks for {config.dataset!r}")
     report("loading", 0.3, dataset.source)
     lap("loading")
 
@@ -335,8 +418,11 @@ def run_experiment(config, *, progress=None, model=None):
         flatten = len(model.inputs[0].shape) == 2
     else:
         flatten = config.arch == "mlp"
+    unseen = config.anomalies
+    if config.all_unseen:
+        unseen = tuple(c for c in range(len(dataset.class_names)) if c not in config.digits)
     subset = _data.prepare(
-        dataset, config.digits, n_per_class=config.n_per_class, anomalies=config.anomalies,
+        dataset, config.digits, n_per_class=config.n_per_class, anomalies=unseen,
         test_size=config.test_size, flatten=flatten, random_state=config.seed,
     )
     if model is not None:
@@ -419,7 +505,7 @@ def run_experiment(config, *, progress=None, model=None):
         config=config,
         layers=list(hidden),
         classes=tuple(subset.classes),
-        anomalies=tuple(subset.anomalies),
+        anomalies=tuple(config.anomalies),
         class_names=tuple(dataset.class_names),
         labels=labels,
         split=split,

@@ -479,7 +479,7 @@ def _hover(exp, layer_index):
     ], dtype=object)
 
 
-def layer_umap(exp, layer, *, color_by="digit", title=None):
+def layer_umap(exp, layer, *, color_by="digit", rows=None, title=None):
     """UMAP map of one layer of an experiment.
 
     Parameters
@@ -489,6 +489,8 @@ def layer_umap(exp, layer, *, color_by="digit", title=None):
     color_by : {"digit", "cluster", "predicted", "anomaly"}
         True class (anomaly classes in warm colours), cluster id in ``layer``,
         predicted class, or trained vs anomaly. Anomaly rows always get ``x`` markers.
+    rows : array-like of int, optional
+        Rows to draw (e.g. ``exp.rows_with(anomalies)``); all rows by default.
     title : str, optional
 
     Returns
@@ -500,35 +502,38 @@ def layer_umap(exp, layer, *, color_by="digit", title=None):
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by must be one of {list(COLOR_BY)}, got {color_by!r}")
     li = list(exp.layers).index(layer)
-    anomaly = exp.split == 2
+    rows = np.arange(exp.n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+    anomaly = exp.split[rows] == 2
     names_of = exp.class_names
     symbols = np.where(anomaly, "x", "circle")
+    unseen = tuple(int(a) for a in np.unique(exp.labels[rows][anomaly]))
     if color_by == "digit":
-        color = exp.labels
+        color = exp.labels[rows]
         names = {int(c): str(names_of[c]) for c in exp.classes}
-        names.update({int(a): f"{names_of[a]} (anomaly)" for a in exp.anomalies})
-        anomaly_groups = exp.anomalies
+        names.update({a: f"{names_of[a]} (anomaly)" for a in unseen})
+        anomaly_groups = unseen
     elif color_by == "cluster":
-        color = exp.paths[:, li]
+        color = exp.paths[rows, li]
         names = {int(c): f"c{c}" for c in np.unique(color)}
         anomaly_groups = ()
     elif color_by == "predicted":
-        color = exp.predicted
+        color = exp.predicted[rows]
         names = {int(c): f"predicted {names_of[c]}" for c in exp.classes}
         anomaly_groups = ()
     else:
         color = np.where(anomaly, "anomaly", "trained classes")
         names, anomaly_groups = {}, ("anomaly",)
-    return umap_scatter(exp.embeddings[layer], color, names=names, anomaly_groups=anomaly_groups,
-                        symbols=symbols, hover=_hover(exp, li),
+    return umap_scatter(exp.embeddings[layer][rows], color, names=names, anomaly_groups=anomaly_groups,
+                        symbols=symbols, hover=_hover(exp, li)[rows],
                         title=title or f"UMAP of {layer}, coloured by {color_by}")
 
 
-def experiment_sankey(exp, *splits, title=None):
-    """Sankey of an experiment's paths over the rows of ``splits`` (all rows if none).
+def experiment_sankey(exp, *splits, rows=None, title=None):
+    """Sankey of an experiment's paths over the rows of ``splits`` (or ``rows``; all rows if neither).
 
     Links are grouped by true class; anomaly classes are drawn in warm colours.
     """
-    rows = exp.rows(*splits)
-    return sankey(exp.flows(*splits), exp.layers, exp.class_names, anomaly_groups=exp.anomalies,
+    rows = exp._selected(splits, rows)
+    unseen = tuple(int(a) for a in np.unique(exp.labels[rows][exp.split[rows] == 2]))
+    return sankey(exp.flows(rows=rows), exp.layers, exp.class_names, anomaly_groups=unseen,
                   title=title or f"Cluster paths of {len(rows)} inputs, first hidden layer to predicted class")

@@ -129,7 +129,7 @@ def _architecture(exp):
 def _header(exp):
     c = exp.config
     counts = {s: len(exp.rows(s)) for s in ("train", "test", "anomaly")}
-    anomalies = _names(exp, exp.anomalies) if exp.anomalies else "none"
+    anomalies = _names(exp, exp.unseen) if exp.unseen else "none"
     facts = [
         ("dataset", f"{c.dataset} ({exp.info.get('source', 'source not recorded')})"),
         ("trained classes", _names(exp, exp.classes)),
@@ -156,12 +156,12 @@ def _header(exp):
 
 
 def _anomaly_table(exp):
-    if not exp.anomalies:
+    if not exp.unseen:
         return ""
     pred = exp.predicted
     head = "".join(f"<th>{_e(exp.class_names[c])}</th>" for c in exp.classes)
     rows = []
-    for a in exp.anomalies:
+    for a in exp.unseen:
         mask = (exp.labels == a) & exp.is_anomaly()
         cells = []
         for c in exp.classes:
@@ -227,8 +227,8 @@ def _layers(exp, page):
 
 def _paths_table(exp, max_paths):
     counts = exp.path_counts()
-    groups = list(exp.classes) + list(exp.anomalies)
-    anomalies = set(exp.anomalies)
+    groups = list(exp.classes) + list(exp.unseen)
+    anomalies = set(exp.unseen)
     top = counts[:max_paths]
     covered = sum(r["total"] for r in top)
     head = "".join(
@@ -265,10 +265,10 @@ def _paths(exp, page, max_paths):
 
 def _composition(exp, rows):
     parts = []
-    for g in list(exp.classes) + list(exp.anomalies):
+    for g in list(exp.classes) + list(exp.unseen):
         n = int(np.sum(exp.labels[rows] == g))
         if n:
-            parts.append(f"{n} × {exp.class_names[g]}" + (" (anomaly)" if g in exp.anomalies else ""))
+            parts.append(f"{n} × {exp.class_names[g]}" + (" (anomaly)" if g in exp.unseen else ""))
     return ", ".join(parts)
 
 

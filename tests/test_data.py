@@ -139,3 +139,12 @@ def test_all_images_when_n_is_none(mnist):
 def test_prepare_bad_input(mnist, kwargs, message):
     with pytest.raises(ValueError, match=message):
         prepare(mnist, **kwargs)
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_several_data_dirs_and_no_mixing():
+    both = os.pathsep.join([os.environ["SIGNATURES_DATA_DIR"], str(FASHION_DIR)])
+    assert load_dataset("mnist", data_dir=both).counts() == README_COUNTS
+    assert len(load_dataset("fashion-mnist", data_dir=both).labels) == 70000
+    with pytest.raises(DataUnavailableError, match="no mnist IDX files"):
+        load_dataset("mnist", data_dir=FASHION_DIR)  # a fashion-mnist folder is never read as MNIST

@@ -17,7 +17,7 @@ from signatures.experiment import SPLITS, ExperimentConfig, run_experiment
         ({"k_min": 6, "k_max": 3}, "K range is inverted: k_min = 6 > k_max = 3"),
         ({"k_min": 1}, r"K >= 2"),
         ({"epochs": 0}, "epochs must be a positive integer"),
-        ({"n_per_class": 1}, r"n_per_class must be an integer >= 2"),
+        ({"n_per_class": 1}, r"n_per_class \(images per class\) must be an integer >= 2"),
         ({"dataset": "cifar"}, "dataset must be one of"),
         ({"arch": "rnn"}, "arch must be one of"),
         ({"activation": "wiggle"}, "activation must be one of"),
@@ -96,3 +96,11 @@ def test_cnn_experiment_on_digits_dataset():
     assert exp.layers == ["conv_1", "hidden_1"]
     assert exp.hidden["conv_1"].shape == (exp.n_rows, 4)  # mean over positions: one value per filter
     assert exp.images.shape[1:] == (8, 8)
+
+
+def test_problems_lists_every_bad_field():
+    config = ExperimentConfig(digits=(1,), anomalies=(1,), hidden=("x",), k_min=5, k_max=2, epochs=0)
+    problems = config.problems()
+    assert set(problems) == {"digits", "anomalies", "hidden", "k_range", "epochs"}
+    assert "at least 2 digits" in problems["digits"] and "inverted" in problems["k_range"]
+    assert ExperimentConfig().problems() == {}

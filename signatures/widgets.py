@@ -1,0 +1,588 @@
+"""ipywidgets apps: the experiment builder and the gallery of stored experiments.
+
+``build_builder()`` and ``build_gallery()`` return app objects whose ``.widget`` a
+notebook displays; the notebooks in ``notebooks/`` are nothing more than that wiring.
+
+Importing this module, and everything the gallery does, needs no TensorFlow and no
+umap: stored experiments are browsed from their arrays, and every figure a view shows is
+built once and cached, so changing the layer, the colouring, the inserted anomaly digits
+or the chosen cluster only swaps a cached figure into place. Only the builder's Run
+button imports TensorFlow (through :func:`signatures.experiment.run_experiment`).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from pathlib import Path
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+
+from . import figures as F
+from .data import DATASETS, DataUnavailableError
+from .experiment import ExperimentConfig
+from .paths import path_label
+from .store import check_name, experiment_path, list_experiments, load_experiment
+
+__all__ = [
+    "store_root",
+    "ExperimentView",
+    "GalleryApp",
+    "BuilderApp",
+    "build_gallery",
+    "build_builder",
+    "build_app",
+    "STAGES",
+]
+
+#: The builder's stages, in order, with the share of the progress bar each one ends at.
+STAGES = (
+    ("loading", 0.05), ("startup", 0.10), ("training", 0.45), ("extraction", 0.50), ("evaluation", 0.52),
+    ("clustering", 0.65), ("projection", 0.97), ("saving", 1.0),
+)
+
+_ERROR_STYLE = "color:#b00020;font-size:13px;margin:2px 0 6px 0"
+
+
+def store_root(store=None):
+    """The store folder: ``store``, else ``$SIGNATURES_STORE``, else ``./runs``."""
+    return Path(store or os.environ.get("SIGNATURES_STORE") or "runs").resolve()
+
+
+def _error_html(message):
+    return f'<div class="sig-error" style="{_ERROR_STYLE}">{html.escape(message)}</div>' if message else ""
+
+
+def _replace(fw, fig):
+    """Show ``fig`` in the FigureWidget ``fw`` (traces and layout swapped in place)."""
+    with fw.batch_update():
+        fw.data = []
+        fw.add_traces(list(fig.data))
+        fw.layout = fig.layout
+
+
+def _architecture(config):
+    c = config
+    if c.arch == "cnn":
+        dense = "-".join(map(str, c.hidden)) or "none"
+        return f"CNN filters {'-'.join(map(str, c.filters))}, dense {dense} ({c.activation})"
+    return f"MLP {'-'.join(map(str, c.hidden))} ({c.activation})"
+
+
+class ExperimentView:
+    """Every view of one experiment at once, with controls that swap cached figures.
+
+    Parameters
+    ----------
+    exp : Experiment
+        Just run, or loaded from the store.
+    anomalies : sequence of int, optional
+        Unseen classes inserted at first; default ``exp.anomalies``.
+
+    Attributes
+    ----------
+    widget : ipywidgets.VBox
+    layer, color_by, inserted, selection : ipywidgets controls
+    umap_fig, sankey_fig, silhouette_fig, images_fig : plotly FigureWidget
+    """
+
+    IMAGES = 40
+
+    def __init__(self, exp, *, anomalies=None):
+        self.exp = exp
+        self._cache = {}
+        unseen = exp.unseen
+        start = [a for a in (exp.anomalies if anomalies is None else anomalies) if a in unseen]
+        names = exp.class_names
+
+        self.layer = W.Dropdown(options=list(exp.layers), value=exp.layers[0], description="Layer")
+        self.color_by = W.Dropdown(options=list(F.COLOR_BY), value="digit", description="Colour by")
+        self.inserted = W.SelectMultiple(
+            options=[(f"{a} ({names[a]})" if names[a] != str(a) else str(a), a) for a in unseen],
+            value=tuple(start), description="Anomalies", rows=min(max(len(unseen), 2), 6),
+            layout=W.Layout(width="260px"),
+        )
+        self.selection = W.Dropdown(description="Show", layout=W.Layout(width="640px"))
+        self.message = W.HTML()
+
+        self.sankey_fig = go.FigureWidget()
+        self.umap_fig = go.FigureWidget()
+        self.silhouette_fig = go.FigureWidget()
+        self.images_fig = go.FigureWidget()
+        confusion = go.FigureWidget(F.confusion_matrix(exp.metrics["confusion"], [names[c] for c in exp.classes]))
+        training = go.FigureWidget(F.training_curves(exp.metrics.get("history") or {}))
+        for fw, h in ((confusion, 340), (training, 340)):
+            fw.layout.height = h
+
+        self.layer.observe(lambda _: self._update_layer(), "value")
+        self.color_by.observe(lambda _: self._update_umap(), "value")
+        self.inserted.observe(lambda _: self._update_rows(), "value")
+        self.selection.observe(lambda _: self._update_images(), "value")
+
+        c = exp.config
+        ks = ", ".join(f"{n}: K = {e.k_}" for n, e in exp.clusterers.items())
+        header = W.HTML(
+            f"<h2 class='sig-title'>{html.escape(c.name)}</h2>"
+            f"<p class='sig-lede'>{html.escape(c.dataset)} · trained on "
+            f"{html.escape(', '.join(names[d] for d in exp.classes))} · {html.escape(_architecture(c))} · "
+            f"held-out accuracy <b>{exp.metrics['accuracy']:.2%}</b> · {html.escape(ks)}</p>"
+        )
+        half = W.Layout(width="50%")
+        self.widget = W.VBox([
+            header,
+            W.HBox([W.Box([confusion], layout=half), W.Box([training], layout=half)]),
+            W.HTML("<h3>Cluster paths</h3><p>Inputs flow from each layer's clusters to the predicted class; "
+                   "anomaly digits (never trained on) are drawn in warm colours. Choose which to insert.</p>"),
+            W.HBox([self.inserted, self.message]),
+            self.sankey_fig,
+            W.HTML("<h3>Layers</h3>"),
+            W.HBox([self.layer, self.color_by]),
+            W.HBox([W.Box([self.umap_fig], layout=W.Layout(width="60%")),
+                    W.Box([self.silhouette_fig], layout=W.Layout(width="40%"))]),
+            W.HTML("<h3>Inputs behind a cluster or path</h3>"),
+            self.selection,
+            self.images_fig,
+        ], layout=W.Layout(width="100%"))
+        self._update_rows()
+
+    # ------------------------------------------------------------------ cached figures
+
+    def _cached(self, key, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def _rows(self):
+        key = ("rows", tuple(self.inserted.value))
+        return self._cached(key, lambda: self.exp.rows_with(self.inserted.value))
+
+    def sankey_figure(self):
+        key = ("sankey", tuple(self.inserted.value))
+        return self._cached(key, lambda: F.experiment_sankey(self.exp, rows=self._rows()))
+
+    def umap_figure(self):
+        key = ("umap", self.layer.value, self.color_by.value, tuple(self.inserted.value))
+        return self._cached(key, lambda: F.layer_umap(self.exp, self.layer.value, color_by=self.color_by.value,
+                                                      rows=self._rows()))
+
+    def silhouette_figure(self):
+        est = self.exp.clusterers[self.layer.value]
+        return self._cached(("silhouette", self.layer.value), lambda: F.silhouette_curve(
+            est.silhouette_scores_, est.k_, title=f"Silhouette of {self.layer.value} by K",
+            note=est.note_ or None))
+
+    def selection_options(self):
+        """(label, value) pairs: each layer's clusters, then the most common paths."""
+        def build():
+            exp, rows = self.exp, self._rows()
+            options = []
+            for j, name in enumerate(exp.layers):
+                ids, counts = np.unique(exp.paths[rows, j], return_counts=True)
+                for c, n in sorted(zip(ids.tolist(), counts.tolist()), key=lambda t: (-t[1], t[0])):
+                    options.append((f"{name} · cluster c{c} · {n} inputs", ("cluster", name, c)))
+            for row in exp.path_counts(rows=rows)[:15]:
+                label = path_label(row["path"], exp.layers, class_names=exp.class_names)
+                options.append((f"path {label} · {row['total']} inputs", ("path", row["path"])))
+            return options
+        return self._cached(("options", tuple(self.inserted.value)), build)
+
+    def images_figure(self):
+        choice = self.selection.value
+        key = ("images", choice, tuple(self.inserted.value))
+
+        def build():
+            exp, rows = self.exp, self._rows()
+            if choice is None:
+                return F.image_grid(np.zeros((0, *exp.images.shape[1:]), dtype=np.uint8), title="No selection")
+            if choice[0] == "cluster":
+                members = np.intersect1d(exp.cluster_members(choice[1], choice[2]), rows)
+                title = f"{choice[1]} cluster c{choice[2]}"
+            else:
+                members = exp.path_members(choice[1], rows=rows)
+                title = "path " + path_label(choice[1], exp.layers, class_names=exp.class_names)
+            shown = members
+            if len(members) > self.IMAGES:
+                shown = np.sort(np.random.default_rng(0).choice(members, self.IMAGES, replace=False))
+            anomaly = exp.split[shown] == 2
+            titles = [exp.class_names[t] for t in exp.labels[shown]]
+            colors = ["#d62728" if a else "#333333" for a in anomaly]
+            return F.image_grid(exp.images[shown], titles=titles, title_colors=colors,
+                                title=f"{title}: {len(shown)} of {len(members)} inputs")
+        return self._cached(key, build)
+
+    def warm(self):
+        """Build every figure the controls can ask for with the current anomalies, ahead of time."""
+        layer, color = self.layer.value, self.color_by.value
+        self.sankey_figure()
+        for name in self.exp.layers:
+            self.layer.unobserve_all("value")
+            self.layer.value = name
+            self.silhouette_figure()
+            for c in F.COLOR_BY:
+                self.color_by.unobserve_all("value")
+                self.color_by.value = c
+                self.umap_figure()
+        self.layer.value, self.color_by.value = layer, color
+        self.layer.observe(lambda _: self._update_layer(), "value")
+        self.color_by.observe(lambda _: self._update_umap(), "value")
+        selection = self.selection.value
+        for _, value in self.selection_options()[:12]:
+            self.selection.unobserve_all("value")
+            self.selection.value = value
+            self.images_figure()
+        self.selection.value = selection
+        self.selection.observe(lambda _: self._update_images(), "value")
+        return self
+
+    # ------------------------------------------------------------------ updates
+
+    def _update_rows(self):
+        _replace(self.sankey_fig, self.sankey_figure())
+        options = self.selection_options()
+        previous = self.selection.value
+        self.selection.unobserve_all("value")
+        self.selection.options = options
+        values = [v for _, v in options]
+        self.selection.value = previous if previous in values else (values[0] if values else None)
+        self.selection.observe(lambda _: self._update_images(), "value")
+        self._update_umap()
+        self._update_images()
+
+    def _update_layer(self):
+        _replace(self.silhouette_fig, self.silhouette_figure())
+        self._update_umap()
+
+    def _update_umap(self):
+        _replace(self.umap_fig, self.umap_figure())
+        if not self.silhouette_fig.data:
+            _replace(self.silhouette_fig, self.silhouette_figure())
+
+    def _update_images(self):
+        _replace(self.images_fig, self.images_figure())
+
+
+class GalleryApp:
+    """Pick a stored experiment and see every view of it, without recomputing.
+
+    Parameters
+    ----------
+    store : str or Path, optional
+        The store folder (see :func:`store_root`).
+    """
+
+    def __init__(self, store=None):
+        self.store = store_root(store)
+        self._views = {}
+        self.picker = W.Dropdown(description="Experiment", layout=W.Layout(width="420px"))
+        self.refresh_button = W.Button(description="Refresh list", icon="refresh")
+        self.message = W.HTML()
+        self.body = W.VBox()
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.widget = W.VBox([W.HBox([self.picker, self.refresh_button]), self.message, self.body])
+        self.refresh()
+        self.picker.observe(lambda change: self.select(change["new"]), "value")
+
+    def refresh(self):
+        """Re-read the list of complete experiments in the store."""
+        manifests = list_experiments(self.store)
+        self.manifests = {m["name"]: m for m in manifests}
+        options = [(f"{m['name']} · {m['config']['dataset']} · digits {', '.join(map(str, m['classes']))} · "
+                    f"{m['metrics']['accuracy']:.1%}", m["name"]) for m in manifests]
+        self.picker.options = [("choose an experiment", None)] + options
+        if not manifests:
+            self.message.value = (
+                f"<p>No stored experiments in <code>{html.escape(str(self.store))}</code> yet. Build some with "
+                "<code>python -m signatures canonical</code> or the Builder page.</p>")
+        return self
+
+    def preload(self, names=None):
+        """Load experiments and build all their figures now (Voilà runs this while preheating)."""
+        for name in names if names is not None else list(self.manifests):
+            if name in self.manifests and name not in self._views:
+                try:
+                    self._views[name] = ExperimentView(load_experiment(Path(self.manifests[name]["path"]))).warm()
+                except (ValueError, FileNotFoundError) as exc:
+                    self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
+        return self
+
+    def select(self, name):
+        """Show experiment ``name`` (loaded once, then kept)."""
+        if name is None:
+            self.body.children = ()
+            return None
+        if name not in self.manifests:
+            known = ", ".join(sorted(self.manifests)) or "none"
+            self.message.value = _error_html(f"no stored experiment named {name!r}; stored: {known}")
+            return None
+        try:
+            if name not in self._views:
+                start = time.perf_counter()
+                self._views[name] = ExperimentView(load_experiment(Path(self.manifests[name]["path"])))
+                self._views[name].load_seconds = time.perf_counter() - start
+        except (ValueError, FileNotFoundError) as exc:
+            self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
+            return None
+        self.message.value = ""
+        if self.picker.value != name:
+            self.picker.value = name
+        self.body.children = (self._views[name].widget,)
+        return self._views[name]
+
+    def select_from_query(self, query=None):
+        """Select the experiment named by ``?experiment=NAME`` in the page's query string.
+
+        Under Voilà with preheated kernels this waits for the page request
+        (``voila.utils.get_query_string``); elsewhere it reads ``$QUERY_STRING``.
+        """
+        from urllib.parse import parse_qs
+
+        if query is None:
+            try:
+                from voila.utils import get_query_string
+
+                query = get_query_string()
+            except ImportError:
+                query = os.environ.get("QUERY_STRING")
+        name = parse_qs(query or "").get("experiment", [None])[0]
+        if name:
+            self.refresh()
+            return self.select(name)
+        return None
+
+
+def _toggles(values, selected, description):
+    buttons = [W.ToggleButton(value=v in selected, description=str(v), layout=W.Layout(width="38px"))
+               for v in values]
+    return W.HBox([W.Label(description, layout=W.Layout(width="150px")), *buttons]), buttons
+
+
+class BuilderApp:
+    """Choose an experiment, run it with progress, see the results, save it to the store.
+
+    Parameters
+    ----------
+    store : str or Path, optional
+        Where experiments are saved (see :func:`store_root`).
+    data_dir : str, optional
+        Folder of IDX files; default ``$SIGNATURES_DATA_DIR`` (see :mod:`signatures.data`).
+    """
+
+    def __init__(self, store=None, *, data_dir=None):
+        self.store = store_root(store)
+        self.data_dir = data_dir
+        self._datasets = {}
+        self.experiment = None
+        self.view = None
+        label = dict(style={"description_width": "150px"}, layout=W.Layout(width="420px"))
+        self.dataset = W.Dropdown(options=sorted(DATASETS), value="mnist", description="Dataset", **label)
+        digits_box, self.digit_buttons = _toggles(range(10), {1, 7}, "Train on digits")
+        anomaly_box, self.anomaly_buttons = _toggles(range(10), {3, 4}, "Insert anomalies")
+        self.n_per_class = W.Text(value="", placeholder="all", description="Images per digit", **label)
+        self.arch = W.ToggleButtons(options=[("MLP", "mlp"), ("CNN", "cnn")], value="mlp",
+                                    description="Architecture", style={"description_width": "150px"})
+        self.hidden = W.Text(value="64 32", description="Dense hidden sizes", **label)
+        self.activation = W.Dropdown(options=["relu", "tanh", "sigmoid", "elu", "gelu"], value="relu",
+                                     description="Activation", **label)
+        self.filters = W.Text(value="8 16", description="CNN filters", **label)
+        self.epochs = W.BoundedIntText(value=5, min=0, max=200, description="Epochs", **label)
+        self.k_min = W.IntText(value=2, description="K from", **label)
+        self.k_max = W.IntText(value=10, description="K to", **label)
+        self.seed = W.IntText(value=0, description="Seed", **label)
+        self.name = W.Text(value="my-experiment", description="Experiment name", **label)
+        self.run_button = W.Button(description="Run", button_style="primary", icon="play")
+        self.progress = W.FloatProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="420px"))
+        self.status = W.HTML()
+        self.error = W.HTML()
+        self.results = W.VBox()
+
+        self.errors = {key: W.HTML() for key in (
+            "dataset", "digits", "anomalies", "n_per_class", "arch", "hidden", "filters", "activation",
+            "epochs", "k_range", "name", "other")}
+        self.filters_row = W.VBox([self.filters, self.errors["filters"]])
+        self.arch.observe(lambda _: self._show_arch(), "value")
+        self._show_arch()
+        self.run_button.on_click(lambda _: self.run())
+
+        e = self.errors
+        form = W.VBox([
+            self.dataset, e["dataset"],
+            digits_box, e["digits"],
+            self.n_per_class, e["n_per_class"],
+            self.arch, e["arch"],
+            self.hidden, e["hidden"],
+            self.filters_row,
+            self.activation, e["activation"],
+            self.epochs, e["epochs"],
+            W.HBox([self.k_min, self.k_max]), e["k_range"],
+            anomaly_box, e["anomalies"],
+            self.seed,
+            self.name, e["name"],
+            e["other"],
+            W.HBox([self.run_button, self.progress]),
+            self.status, self.error,
+        ])
+        self.widget = W.VBox([form, self.results])
+
+    def _show_arch(self):
+        self.filters_row.layout.display = "" if self.arch.value == "cnn" else "none"
+        if self.arch.value == "cnn" and self.hidden.value.strip() == "64 32":
+            self.hidden.value = "32"
+        elif self.arch.value == "mlp" and self.hidden.value.strip() == "32":
+            self.hidden.value = "64 32"
+
+    # ------------------------------------------------------------------ inputs
+
+    def config(self):
+        """The :class:`ExperimentConfig` the controls describe (not yet validated)."""
+        n = self.n_per_class.value.strip()
+        try:
+            n_per_class = int(n) if n and n.lower() != "all" else None
+        except ValueError:
+            n_per_class = n  # reported as a bad value by the config's checks
+        return ExperimentConfig(
+            name=self.name.value.strip(),
+            dataset=self.dataset.value,
+            digits=tuple(int(b.description) for b in self.digit_buttons if b.value),
+            anomalies=tuple(int(b.description) for b in self.anomaly_buttons if b.value),
+            all_unseen=True,
+            n_per_class=n_per_class,
+            arch=self.arch.value,
+            hidden=self.hidden.value,
+            activation=self.activation.value,
+            filters=self.filters.value if self.arch.value == "cnn" else (8, 16),
+            epochs=self.epochs.value,
+            k_min=self.k_min.value,
+            k_max=self.k_max.value,
+            umap_points=2000,
+            seed=self.seed.value,
+            data_dir=self.data_dir,
+        )
+
+    def check(self):
+        """Check every control; show each problem next to its control. Returns the problems."""
+        config = self.config()
+        problems = config.problems()
+        if config.epochs == 0:
+            problems["epochs"] = "epochs must be at least 1"
+        try:
+            check_name(config.name)
+            if experiment_path(self.store, config.name).exists():
+                problems["name"] = (f"an experiment named {config.name!r} exists already in the store; "
+                                    "choose another name")
+        except ValueError as exc:
+            problems["name"] = str(exc)
+        if "dataset" not in problems:
+            try:
+                dataset = self._dataset(config.dataset)
+            except (DataUnavailableError, ValueError) as exc:
+                problems["dataset"] = str(exc)
+            else:
+                counts = dataset.counts()
+                if isinstance(config.n_per_class, int) and "digits" not in problems:
+                    short = {d: counts.get(d, 0) for d in config.digits if counts.get(d, 0) < config.n_per_class}
+                    if short:
+                        problems["n_per_class"] = (
+                            f"{config.n_per_class} images per digit asked, but "
+                            + ", ".join(f"digit {d} has {n}" for d, n in short.items())
+                            + f" in {dataset.source}; choose at most {min(short.values())}")
+        for key, widget in self.errors.items():
+            widget.value = _error_html(problems.get(key, ""))
+        return problems
+
+    def _dataset(self, name):
+        if name not in self._datasets:
+            from .data import load_dataset
+
+            self._datasets[name] = load_dataset(name, data_dir=self.data_dir)
+        return self._datasets[name]
+
+    # ------------------------------------------------------------------ running
+
+    def _progress(self, stage, fraction, message):
+        bounds = dict(STAGES)
+        names = [s for s, _ in STAGES]
+        i = names.index(stage) if stage in names else 0
+        low = STAGES[i - 1][1] if i else 0.0
+        high = bounds.get(stage, low)
+        self.progress.value = low + (high - low) * float(fraction)
+        self._lines[stage] = message
+        self.status.value = "<div class='sig-status'>" + "".join(
+            f"<div><b>{html.escape(s)}</b>: {html.escape(m)}</div>" for s, m in self._lines.items()) + "</div>"
+
+    def run(self):
+        """Check the inputs, run the experiment, save it, show it. Returns the Experiment or None."""
+        self.error.value = ""
+        if self.check():
+            self.error.value = _error_html("Fix the values marked above, then run again.")
+            return None
+        config = self.config().validate()
+        self.run_button.disabled = True
+        self._lines = {}
+        self.progress.value = 0.0
+        start = time.perf_counter()
+        try:
+            from .experiment import run_experiment
+            from .store import save_experiment
+
+            exp = run_experiment(config, progress=self._progress, dataset=self._dataset(config.dataset))
+            self._progress("saving", 0.0, f"saving to the store as {config.name!r}")
+            save_experiment(exp, experiment_path(self.store, config.name))
+            exp.timings["saving"] = round(time.perf_counter() - start - sum(exp.timings.values()), 3)
+            self._progress("saving", 1.0, f"saved as {config.name!r} in {time.perf_counter() - start:.1f} s")
+        except (ValueError, FileExistsError, FileNotFoundError, DataUnavailableError) as exc:
+            self.error.value = _error_html(str(exc))
+            return None
+        finally:
+            self.run_button.disabled = False
+        self.experiment = exp
+        self.view = ExperimentView(exp)
+        self.results.children = (self.view.widget,)
+        return exp
+
+    @staticmethod
+    def warm_up():
+        """Import TensorFlow and compile UMAP's numba kernels (~30-45 s once per kernel)."""
+        from . import models  # noqa: F401  (TensorFlow)
+        from .projection import warm_up
+
+        return warm_up()
+
+
+def _preheating():
+    return os.environ.get("VOILA_PREHEAT") == "True"
+
+
+def build_gallery(store=None, *, preload="auto"):
+    """The gallery app (see :class:`GalleryApp`).
+
+    ``preload="auto"`` loads every stored experiment and builds its figures when Voilà
+    is preheating the kernel, so a visitor gets them at once; ``True`` / ``False`` force it.
+    """
+    app = GalleryApp(store)
+    if preload is True or (preload == "auto" and _preheating()):
+        app.preload()
+    return app
+
+
+def build_builder(store=None, *, data_dir=None, warm="auto"):
+    """The experiment builder app (see :class:`BuilderApp`).
+
+    ``warm="auto"`` imports TensorFlow and compiles UMAP (:meth:`BuilderApp.warm_up`) when
+    Voilà is preheating the kernel, so that cost never lands in a visitor's request;
+    ``True`` / ``False`` force it.
+    """
+    app = BuilderApp(store, data_dir=data_dir)
+    if warm is True or (warm == "auto" and _preheating()):
+        app.warm_seconds = app.warm_up()
+    return app
+
+
+def build_app(kind, **kwargs):
+    """``build_app("builder")`` or ``build_app("gallery")``."""
+    apps = {"builder": build_builder, "gallery": build_gallery}
+    if kind not in apps:
+        raise ValueError(f"app must be one of {sorted(apps)}, got {kind!r}")
+    return apps[kind](**kwargs)
