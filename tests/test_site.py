@@ -1,0 +1,273 @@
+"""The web site: landing page, experiments API, the Voilà template, and the real server.
+
+The store holds a real small experiment, saved twice: once as is and once under a
+hostile name that must come out escaped everywhere. The server runs in a subprocess on a
+free loopback port, without preheated kernels, and is always stopped.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from html.parser import HTMLParser
+from urllib.parse import quote
+
+import pytest
+
+from signatures import site
+from signatures.store import save_experiment
+
+HOSTILE = "<script>alert('x')</script>\"&"
+
+
+class _Page(HTMLParser):
+    """Links, card titles and script tags of a page, as a browser would read them."""
+
+    def __init__(self, html):
+        super().__init__(convert_charrefs=True)
+        self.links, self.titles, self.scripts, self._in_h3 = [], [], 0, False
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("a", "link") and "href" in attrs:
+            self.links.append(attrs["href"])
+        if tag == "script":
+            self.scripts += 1
+        if tag == "h3":
+            self._in_h3 = True
+            self.titles.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "h3":
+            self._in_h3 = False
+
+    def handle_data(self, data):
+        if self._in_h3:
+            self.titles[-1] += data
+
+
+@pytest.fixture(scope="module")
+def store(small_experiment, tmp_path_factory):
+    root = tmp_path_factory.mktemp("site-store")
+    save_experiment(small_experiment, root / "small", save_model=False)
+    hostile = replace(small_experiment, config=replace(small_experiment.config, name=HOSTILE))
+    save_experiment(hostile, root / "hostile", save_model=False)
+    return root
+
+
+def test_summaries_describe_each_stored_experiment(store, small_experiment):
+    rows = site.experiment_summaries(store)
+    assert [r["folder"] for r in rows] == ["hostile", "small"]
+    small = rows[1]
+    config = small_experiment.config
+    assert small["name"] == "small" and rows[0]["name"] == HOSTILE
+    assert small["dataset"] == "mnist"
+    assert small["digits"] == [1, 7] and small["anomalies"] == [3, 4]
+    assert small["arch"] == "mlp" and small["hidden"] == list(config.hidden)
+    assert small["accuracy"] == pytest.approx(small_experiment.metrics["accuracy"])
+    assert small["created"]
+    json.dumps(rows)  # JSON-ready as is
+
+
+def test_landing_links_every_experiment_and_escapes_names(store, small_experiment):
+    html = site.render_landing(site.experiment_summaries(store), base_url="/", store=store)
+    page = _Page(html)
+    assert page.scripts == 0, "the landing page runs no script, and a name must not add one"
+    assert "<script>alert" not in html
+    assert HOSTILE in page.titles and "small" in page.titles
+    assert "/voila/render/gallery.ipynb?experiment=small" in page.links
+    assert f"/voila/render/gallery.ipynb?experiment={quote(HOSTILE, safe='')}" in page.links
+    accuracy = f"{small_experiment.metrics['accuracy']:.1%}"
+    for fact in ("MNIST", "1, 7", "3, 4", "MLP 16-8 (relu)", accuracy):
+        assert fact in html
+
+
+def test_landing_links_start_with_the_base_url(store):
+    page = _Page(site.render_landing(site.experiment_summaries(store), base_url="/prefix/"))
+    links = [link for link in page.links if not link.startswith("data:")]
+    assert {"/prefix/", "/prefix/voila/render/builder.ipynb", "/prefix/voila/render/gallery.ipynb"} <= set(links)
+    assert all(link.startswith("/prefix/") for link in links), links
+
+
+def test_empty_store_says_how_to_build_experiments(tmp_path):
+    assert site.experiment_summaries(tmp_path / "missing") == []
+    html = site.render_landing([], store=tmp_path)
+    assert "python -m signatures canonical" in html
+    assert str(tmp_path) in html
+    assert "?experiment=" not in html
+
+
+def test_landing_and_stylesheet_fetch_nothing_from_the_internet(store):
+    page = _Page(site.render_landing(site.experiment_summaries(store)))
+    assert not [link for link in page.links if "//" in link]
+    css = (site.template_root() / "voila" / "templates" / "signatures" / "static" / "signatures.css").read_text()
+    assert "@import" not in css and "url(" not in css
+
+
+def test_voila_finds_the_template(monkeypatch):
+    from voila.paths import collect_static_paths, collect_template_paths
+
+    monkeypatch.setenv("JUPYTER_PATH", str(site.template_root()))
+    ours = site.template_root() / "voila" / "templates" / "signatures"
+    paths = collect_template_paths(["voila", "nbconvert"], "signatures", prune=True)
+    assert paths[0] == str(ours)
+    assert any(p.endswith(os.path.join("voila", "templates", "lab")) for p in paths), "extends lab"
+    assert collect_static_paths(["voila", "nbconvert"], "signatures")[0] == str(ours / "static")
+
+
+def _render_with_template(base_url, name):
+    """Render a two-cell notebook with the template, kernel calls stubbed out."""
+    import nbformat
+    from voila.exporter import VoilaExporter
+    from voila.paths import collect_template_paths
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell("1 + 1")]
+    exporter = VoilaExporter(template_paths=collect_template_paths(["voila", "nbconvert"], "signatures"),
+                             template_name="signatures", base_url=base_url)
+    exporter.exclude_input = True
+
+    async def kernel_start(nb):
+        return "kernel-id"
+
+    async def cells(nb, kernel_id):
+        for cell in nb.cells:
+            yield cell
+
+    async def render():
+        chunks = []
+        context = {"frontend": "voila", "main_js": "voila.js", "kernel_start": kernel_start,
+                   "cell_generator": cells, "progressive_rendering": False}
+        resources = {"base_url": base_url, "theme": "light", "metadata": {"name": name}}
+        async for html, _ in exporter.generate_from_notebook_node(
+                nb, resources=resources, extra_context=context, page_config={"fullStaticUrl": base_url + "voila/static"}):
+            chunks.append(html)
+        return "".join(chunks)
+
+    return asyncio.run(render())
+
+
+def test_notebook_pages_get_the_top_bar_and_no_cdn(monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", str(site.template_root()))
+    html = _render_with_template("/b/", "gallery")
+    page = _Page(html)
+    assert "cdn.jsdelivr" not in html and "cdnjs" not in html
+    assert not [link for link in page.links if "//" in link]
+    assert any(link.startswith("/b/voila/templates/signatures/static/signatures.css") for link in page.links)
+    assert {"/b/", "/b/voila/render/builder.ipynb", "/b/voila/render/gallery.ipynb"} <= set(page.links)
+    assert 'href="/b/voila/render/gallery.ipynb" aria-current="page"' in html
+
+
+def test_voila_args():
+    args = site.voila_args()
+    assert args[0] == str(site.notebooks_root())
+    for arg in ("--template=signatures", "--Voila.ip=127.0.0.1", "--port=8866", "--no-browser",
+                "--show_tracebacks=False", "--preheat_kernel=True", "--pool_size=1",
+                "--TagRemovePreprocessor.remove_cell_tags=skip-voila"):
+        assert arg in args
+    off = site.voila_args(pool_size=0, open_browser=True, extra_args=["--theme=dark"])
+    assert "--preheat_kernel=False" in off and "--pool_size=0" in off and "--no-browser" not in off
+    assert off[-1] == "--theme=dark"
+    assert "--preheat_kernel=False" in site.voila_args(pool_size=3, preheat=False)
+    assert "--Voila.ip=::1" in site.voila_args(address="::1")
+
+
+def test_site_imports_no_tensorflow_or_umap():
+    code = ("import sys, signatures.site;"
+            "print([m for m in ('tensorflow', 'keras', 'umap', 'numba') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------
+# The real server
+# ---------------------------------------------------------------------------------------
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url, timeout=60):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, response.headers.get("Content-Type", ""), response.read().decode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def server(store, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    code = f"from signatures.site import serve; serve(port={port}, store={str(store)!r}, pool_size=0)"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                _get(url + "signatures/api/experiments", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the server did not answer within 120 s:\n{log.read_text()}")
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()  # SIGTERM: Voilà stops its loop and shuts its kernels down
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_server_landing_page(server):
+    status, kind, html = _get(server)
+    assert status == 200 and kind.startswith("text/html")
+    page = _Page(html)
+    assert {"small", HOSTILE} <= set(page.titles)
+    assert "<script>alert" not in html and page.scripts == 0
+
+
+def test_server_experiments_api(server):
+    status, kind, body = _get(server + "signatures/api/experiments")
+    assert status == 200 and kind.startswith("application/json")
+    rows = json.loads(body)
+    assert {"small", HOSTILE} <= {r["name"] for r in rows}
+    small = next(r for r in rows if r["name"] == "small")
+    assert small["digits"] == [1, 7] and small["anomalies"] == [3, 4] and 0 <= small["accuracy"] <= 1
+
+
+def test_server_lists_experiments_saved_after_it_started(server, store, small_experiment):
+    later = replace(small_experiment, config=replace(small_experiment.config, name="later"))
+    save_experiment(later, store / "later", save_model=False)
+    assert "later" in _Page(_get(server)[2]).titles
+    assert "later" in {r["name"] for r in json.loads(_get(server + "signatures/api/experiments")[2])}
+
+
+def test_server_serves_template_static_files_and_voila_tree(server):
+    status, kind, css = _get(server + "voila/templates/signatures/static/signatures.css")
+    assert status == 200 and kind.startswith("text/css") and ".sig-topbar" in css
+    status, kind, _ = _get(server + "voila/tree")
+    assert status == 200 and kind.startswith("text/html")
+
+
+@pytest.mark.skipif(not (site.notebooks_root() / "gallery.ipynb").is_file(), reason="notebooks/gallery.ipynb not written yet")
+def test_server_renders_the_gallery(server):
+    status, _, html = _get(server + "voila/render/gallery.ipynb?experiment=small", timeout=300)
+    assert status == 200
+    assert "sig-topbar" in html and "/voila/templates/signatures/static/signatures.css" in html
+    assert "cdn.jsdelivr" not in html
+    assert "There was an error when executing cell" not in html
