@@ -161,6 +161,7 @@ def save_experiment(exp, path, *, overwrite=False, save_model=True):
         with open(tmp / ARRAYS, "wb") as fh:
             np.savez(fh, **_arrays(exp))
         manifest = _manifest(exp)
+        manifest["name"] = path.name  # the folder is the experiment's name in a store
         if save_model and exp.model is not None:
             exp.model.save(tmp / MODEL)
         manifest["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
@@ -268,5 +269,6 @@ def list_experiments(root):
         except (ValueError, FileNotFoundError):
             continue
         manifest["path"] = str(child)
+        manifest["name"] = child.name
         out.append(manifest)
     return out

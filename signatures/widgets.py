@@ -13,6 +13,7 @@ button imports TensorFlow (through :func:`signatures.experiment.run_experiment`)
 from __future__ import annotations
 
 import html
+import json
 import os
 import time
 from pathlib import Path
@@ -56,12 +57,18 @@ def _error_html(message):
     return f'<div class="sig-error" style="{_ERROR_STYLE}">{html.escape(message)}</div>' if message else ""
 
 
-def _replace(fw, fig):
-    """Show ``fig`` in the FigureWidget ``fw`` (traces and layout swapped in place)."""
-    with fw.batch_update():
-        fw.data = []
-        fw.add_traces(list(fig.data))
-        fw.layout = fig.layout
+_PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def _mime_output(fig):
+    """``fig`` as one display_data output, for an ``ipywidgets.Output``'s ``outputs``."""
+    spec = json.loads(fig.to_json())
+    # Not "responsive": on resize plotly drops a height given without a width and takes
+    # the container's height, and an output area has none of its own (0 px).
+    spec["layout"].setdefault("height", 520)
+    spec["config"] = {"displaylogo": False}
+    return {"output_type": "display_data", "metadata": {},
+            "data": {_PLOTLY_MIME: spec, "text/plain": f"<figure: {fig.layout.title.text or 'plot'}>"}}
 
 
 def _architecture(config):
@@ -75,6 +82,13 @@ def _architecture(config):
 class ExperimentView:
     """Every view of one experiment at once, with controls that swap cached figures.
 
+    Figures are built once per choice of controls and kept, with their plotly mime
+    bundle; each view is an ``ipywidgets.Output`` whose ``outputs`` is swapped to the
+    cached bundle, drawn in the browser by plotly's own renderer (``jupyterlab-plotly``).
+    A swap is state, not a message, so a page that connects later (Voilà's preheated
+    kernels run the notebook first) still shows it, and no view ships plotly's 5 MB
+    widget bundle as plotly's ``FigureWidget`` would.
+
     Parameters
     ----------
     exp : Experiment
@@ -85,99 +99,81 @@ class ExperimentView:
     Attributes
     ----------
     widget : ipywidgets.VBox
+        Built on first access.
     layer, color_by, inserted, selection : ipywidgets controls
-    umap_fig, sankey_fig, silhouette_fig, images_fig : plotly FigureWidget
     """
 
     IMAGES = 40
+    VIEWS = ("confusion", "training", "sankey", "umap", "silhouette", "images")
 
     def __init__(self, exp, *, anomalies=None):
         self.exp = exp
-        self._cache = {}
+        self._figures = {}
+        self._bundles = {}
+        self._widget = None
         unseen = exp.unseen
-        start = [a for a in (exp.anomalies if anomalies is None else anomalies) if a in unseen]
-        names = exp.class_names
+        self._start = tuple(a for a in (exp.anomalies if anomalies is None else anomalies) if a in unseen)
 
-        self.layer = W.Dropdown(options=list(exp.layers), value=exp.layers[0], description="Layer")
-        self.color_by = W.Dropdown(options=list(F.COLOR_BY), value="digit", description="Colour by")
-        self.inserted = W.SelectMultiple(
-            options=[(f"{a} ({names[a]})" if names[a] != str(a) else str(a), a) for a in unseen],
-            value=tuple(start), description="Anomalies", rows=min(max(len(unseen), 2), 6),
-            layout=W.Layout(width="260px"),
-        )
-        self.selection = W.Dropdown(description="Show", layout=W.Layout(width="640px"))
-        self.message = W.HTML()
+    # ------------------------------------------------------------------ state of the controls
 
-        self.sankey_fig = go.FigureWidget()
-        self.umap_fig = go.FigureWidget()
-        self.silhouette_fig = go.FigureWidget()
-        self.images_fig = go.FigureWidget()
-        confusion = go.FigureWidget(F.confusion_matrix(exp.metrics["confusion"], [names[c] for c in exp.classes]))
-        training = go.FigureWidget(F.training_curves(exp.metrics.get("history") or {}))
-        for fw, h in ((confusion, 340), (training, 340)):
-            fw.layout.height = h
-
-        self.layer.observe(lambda _: self._update_layer(), "value")
-        self.color_by.observe(lambda _: self._update_umap(), "value")
-        self.inserted.observe(lambda _: self._update_rows(), "value")
-        self.selection.observe(lambda _: self._update_images(), "value")
-
-        c = exp.config
-        ks = ", ".join(f"{n}: K = {e.k_}" for n, e in exp.clusterers.items())
-        header = W.HTML(
-            f"<h2 class='sig-title'>{html.escape(c.name)}</h2>"
-            f"<p class='sig-lede'>{html.escape(c.dataset)} · trained on "
-            f"{html.escape(', '.join(names[d] for d in exp.classes))} · {html.escape(_architecture(c))} · "
-            f"held-out accuracy <b>{exp.metrics['accuracy']:.2%}</b> · {html.escape(ks)}</p>"
-        )
-        half = W.Layout(width="50%")
-        self.widget = W.VBox([
-            header,
-            W.HBox([W.Box([confusion], layout=half), W.Box([training], layout=half)]),
-            W.HTML("<h3>Cluster paths</h3><p>Inputs flow from each layer's clusters to the predicted class; "
-                   "anomaly digits (never trained on) are drawn in warm colours. Choose which to insert.</p>"),
-            W.HBox([self.inserted, self.message]),
-            self.sankey_fig,
-            W.HTML("<h3>Layers</h3>"),
-            W.HBox([self.layer, self.color_by]),
-            W.HBox([W.Box([self.umap_fig], layout=W.Layout(width="60%")),
-                    W.Box([self.silhouette_fig], layout=W.Layout(width="40%"))]),
-            W.HTML("<h3>Inputs behind a cluster or path</h3>"),
-            self.selection,
-            self.images_fig,
-        ], layout=W.Layout(width="100%"))
-        self._update_rows()
-
-    # ------------------------------------------------------------------ cached figures
+    def _state(self):
+        if self._widget is None:
+            return self.exp.layers[0], "digit", self._start, None
+        return self.layer.value, self.color_by.value, tuple(self.inserted.value), self.selection.value
 
     def _cached(self, key, build):
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        if key not in self._figures:
+            self._figures[key] = build()
+        return self._figures[key]
 
-    def _rows(self):
-        key = ("rows", tuple(self.inserted.value))
-        return self._cached(key, lambda: self.exp.rows_with(self.inserted.value))
+    def _rows(self, inserted):
+        return self._cached(("rows", inserted), lambda: self.exp.rows_with(inserted))
 
-    def sankey_figure(self):
-        key = ("sankey", tuple(self.inserted.value))
-        return self._cached(key, lambda: F.experiment_sankey(self.exp, rows=self._rows()))
+    # ------------------------------------------------------------------ figures (go.Figure, cached)
 
-    def umap_figure(self):
-        key = ("umap", self.layer.value, self.color_by.value, tuple(self.inserted.value))
-        return self._cached(key, lambda: F.layer_umap(self.exp, self.layer.value, color_by=self.color_by.value,
-                                                      rows=self._rows()))
+    def figure_key(self, view, *, layer=None, color_by=None, inserted=None, selection=None):
+        s_layer, s_color, s_inserted, s_selection = self._state()
+        layer = layer or s_layer
+        color_by = color_by or s_color
+        inserted = s_inserted if inserted is None else tuple(inserted)
+        selection = s_selection if selection is None else selection
+        return {
+            "confusion": ("confusion",),
+            "training": ("training",),
+            "sankey": ("sankey", inserted),
+            "umap": ("umap", layer, color_by, inserted),
+            "silhouette": ("silhouette", layer),
+            "images": ("images", selection, inserted),
+        }[view]
 
-    def silhouette_figure(self):
-        est = self.exp.clusterers[self.layer.value]
-        return self._cached(("silhouette", self.layer.value), lambda: F.silhouette_curve(
-            est.silhouette_scores_, est.k_, title=f"Silhouette of {self.layer.value} by K",
-            note=est.note_ or None))
+    def figure(self, view, **choice):
+        """The ``go.Figure`` of ``view`` for the current (or the given) choice of controls."""
+        key = self.figure_key(view, **choice)
+        return self._cached(key, lambda: self._build(key))
 
-    def selection_options(self):
+    def _build(self, key):
+        exp, names = self.exp, self.exp.class_names
+        kind = key[0]
+        if kind == "confusion":
+            return F.confusion_matrix(exp.metrics["confusion"], [names[c] for c in exp.classes])
+        if kind == "training":
+            return F.training_curves(exp.metrics.get("history") or {})
+        if kind == "sankey":
+            return F.experiment_sankey(exp, rows=self._rows(key[1]))
+        if kind == "umap":
+            return F.layer_umap(exp, key[1], color_by=key[2], rows=self._rows(key[3]))
+        if kind == "silhouette":
+            est = exp.clusterers[key[1]]
+            return F.silhouette_curve(est.silhouette_scores_, est.k_, title=f"Silhouette of {key[1]} by K",
+                                      note=est.note_ or None)
+        return self._images(key[1], self._rows(key[2]))
+
+    def selection_options(self, inserted=None):
         """(label, value) pairs: each layer's clusters, then the most common paths."""
+        inserted = self._state()[2] if inserted is None else tuple(inserted)
+
         def build():
-            exp, rows = self.exp, self._rows()
+            exp, rows = self.exp, self._rows(inserted)
             options = []
             for j, name in enumerate(exp.layers):
                 ids, counts = np.unique(exp.paths[rows, j], return_counts=True)
@@ -187,81 +183,115 @@ class ExperimentView:
                 label = path_label(row["path"], exp.layers, class_names=exp.class_names)
                 options.append((f"path {label} · {row['total']} inputs", ("path", row["path"])))
             return options
-        return self._cached(("options", tuple(self.inserted.value)), build)
+        return self._cached(("options", inserted), build)
 
-    def images_figure(self):
-        choice = self.selection.value
-        key = ("images", choice, tuple(self.inserted.value))
-
-        def build():
-            exp, rows = self.exp, self._rows()
-            if choice is None:
-                return F.image_grid(np.zeros((0, *exp.images.shape[1:]), dtype=np.uint8), title="No selection")
-            if choice[0] == "cluster":
-                members = np.intersect1d(exp.cluster_members(choice[1], choice[2]), rows)
-                title = f"{choice[1]} cluster c{choice[2]}"
-            else:
-                members = exp.path_members(choice[1], rows=rows)
-                title = "path " + path_label(choice[1], exp.layers, class_names=exp.class_names)
-            shown = members
-            if len(members) > self.IMAGES:
-                shown = np.sort(np.random.default_rng(0).choice(members, self.IMAGES, replace=False))
-            anomaly = exp.split[shown] == 2
-            titles = [exp.class_names[t] for t in exp.labels[shown]]
-            colors = ["#d62728" if a else "#333333" for a in anomaly]
-            return F.image_grid(exp.images[shown], titles=titles, title_colors=colors,
-                                title=f"{title}: {len(shown)} of {len(members)} inputs")
-        return self._cached(key, build)
+    def _images(self, choice, rows):
+        exp = self.exp
+        if choice is None:
+            return F.image_grid(np.zeros((0, *exp.images.shape[1:]), dtype=np.uint8), title="No selection")
+        if choice[0] == "cluster":
+            members = np.intersect1d(exp.cluster_members(choice[1], choice[2]), rows)
+            title = f"{choice[1]} cluster c{choice[2]}"
+        else:
+            members = exp.path_members(choice[1], rows=rows)
+            title = "path " + path_label(choice[1], exp.layers, class_names=exp.class_names)
+        shown = members
+        if len(members) > self.IMAGES:
+            shown = np.sort(np.random.default_rng(0).choice(members, self.IMAGES, replace=False))
+        anomaly = exp.split[shown] == 2
+        titles = [exp.class_names[t] for t in exp.labels[shown]]
+        colors = ["#d62728" if a else "#333333" for a in anomaly]
+        return F.image_grid(exp.images[shown], titles=titles, title_colors=colors,
+                            title=f"{title}: {len(shown)} of {len(members)} inputs")
 
     def warm(self):
-        """Build every figure the controls can ask for with the current anomalies, ahead of time."""
-        layer, color = self.layer.value, self.color_by.value
-        self.sankey_figure()
+        """Build every figure the controls can ask for with the first anomalies, ahead of time."""
+        inserted = self._state()[2]
+        self.figure("confusion")
+        self.figure("training")
+        self.figure("sankey", inserted=inserted)
         for name in self.exp.layers:
-            self.layer.unobserve_all("value")
-            self.layer.value = name
-            self.silhouette_figure()
+            self.figure("silhouette", layer=name)
             for c in F.COLOR_BY:
-                self.color_by.unobserve_all("value")
-                self.color_by.value = c
-                self.umap_figure()
-        self.layer.value, self.color_by.value = layer, color
-        self.layer.observe(lambda _: self._update_layer(), "value")
-        self.color_by.observe(lambda _: self._update_umap(), "value")
-        selection = self.selection.value
-        for _, value in self.selection_options()[:12]:
-            self.selection.unobserve_all("value")
-            self.selection.value = value
-            self.images_figure()
-        self.selection.value = selection
-        self.selection.observe(lambda _: self._update_images(), "value")
+                self.figure("umap", layer=name, color_by=c, inserted=inserted)
+        for _, value in self.selection_options(inserted)[:12]:
+            self.figure("images", selection=value, inserted=inserted)
         return self
 
-    # ------------------------------------------------------------------ updates
+    # ------------------------------------------------------------------ widgets
 
-    def _update_rows(self):
-        _replace(self.sankey_fig, self.sankey_figure())
+    @property
+    def widget(self):
+        if self._widget is None:
+            self._build_widget()
+        return self._widget
+
+    def _build_widget(self):
+        exp, names = self.exp, self.exp.class_names
+        unseen = exp.unseen
+        self.layer = W.Dropdown(options=list(exp.layers), value=exp.layers[0], description="Layer")
+        self.color_by = W.Dropdown(options=list(F.COLOR_BY), value="digit", description="Colour by")
+        self.inserted = W.SelectMultiple(
+            options=[(f"{a} ({names[a]})" if names[a] != str(a) else str(a), a) for a in unseen],
+            value=self._start, description="Anomalies", rows=min(max(len(unseen), 2), 6),
+            layout=W.Layout(width="260px"),
+        )
+        options = self.selection_options(self._start)
+        self.selection = W.Dropdown(options=options, value=options[0][1] if options else None,
+                                    description="Show", layout=W.Layout(width="640px"))
+        self.boxes = {view: W.Output(layout=W.Layout(width="100%")) for view in self.VIEWS}
+        c = exp.config
+        ks = ", ".join(f"{n}: K = {e.k_}" for n, e in exp.clusterers.items())
+        header = W.HTML(
+            f"<h2 class='sig-title'>{html.escape(c.name)}</h2>"
+            f"<p class='sig-lede'>{html.escape(c.dataset)} · trained on "
+            f"{html.escape(', '.join(names[d] for d in exp.classes))} · {html.escape(_architecture(c))} · "
+            f"held-out accuracy <b>{exp.metrics['accuracy']:.2%}</b> · {html.escape(ks)}</p>"
+        )
+        b = self.boxes
+        self._widget = W.VBox([
+            header,
+            W.HBox([W.Box([b["confusion"]], layout=W.Layout(width="50%")),
+                    W.Box([b["training"]], layout=W.Layout(width="50%"))]),
+            W.HTML("<h3>Cluster paths</h3><p>Inputs flow from each layer's clusters to the predicted class; "
+                   "anomaly digits (never trained on) are drawn in warm colours. Choose which to insert.</p>"),
+            self.inserted,
+            b["sankey"],
+            W.HTML("<h3>Layers</h3>"),
+            W.HBox([self.layer, self.color_by]),
+            W.HBox([W.Box([b["umap"]], layout=W.Layout(width="60%")),
+                    W.Box([b["silhouette"]], layout=W.Layout(width="40%"))]),
+            W.HTML("<h3>Inputs behind a cluster or path</h3>"),
+            self.selection,
+            b["images"],
+        ], layout=W.Layout(width="100%"))
+        for view in self.VIEWS:
+            self._show(view)
+        self.layer.observe(lambda _: self._show("umap", "silhouette"), "value")
+        self.color_by.observe(lambda _: self._show("umap"), "value")
+        self.inserted.observe(lambda _: self._on_inserted(), "value")
+        self.selection.observe(lambda _: self._show("images"), "value")
+
+    def _show(self, *views):
+        for view in views:
+            key = self.figure_key(view)
+            if key not in self._bundles:
+                self._bundles[key] = _mime_output(self.figure(view))
+            self.boxes[view].outputs = (self._bundles[key],)
+
+    def _on_inserted(self):
         options = self.selection_options()
         previous = self.selection.value
-        self.selection.unobserve_all("value")
-        self.selection.options = options
         values = [v for _, v in options]
-        self.selection.value = previous if previous in values else (values[0] if values else None)
-        self.selection.observe(lambda _: self._update_images(), "value")
-        self._update_umap()
-        self._update_images()
+        with self.selection.hold_trait_notifications():
+            self.selection.options = options
+            self.selection.value = previous if previous in values else (values[0] if values else None)
+        self._show("sankey", "umap", "images")
 
-    def _update_layer(self):
-        _replace(self.silhouette_fig, self.silhouette_figure())
-        self._update_umap()
-
-    def _update_umap(self):
-        _replace(self.umap_fig, self.umap_figure())
-        if not self.silhouette_fig.data:
-            _replace(self.silhouette_fig, self.silhouette_figure())
-
-    def _update_images(self):
-        _replace(self.images_fig, self.images_figure())
+    def shown(self, view):
+        """The figure now shown for ``view`` (one of :attr:`VIEWS`), as a ``go.Figure``."""
+        bundle = self.boxes[view].outputs[0]["data"][_PLOTLY_MIME]
+        return go.Figure(bundle)
 
 
 class GalleryApp:

@@ -47,7 +47,7 @@ def test_gallery_notebook(small_experiment, tmp_path):
     save_experiment(small_experiment, tmp_path / "small", save_model=False)
     nb = execute("gallery.ipynb", [
         "assert app.picker.value == 'small', app.picker.value\n"
-        "print('shown', len(app.body.children), 'traces', len(app._views['small'].sankey_fig.data))",
+        "print('shown', len(app.body.children), 'traces', len(app._views['small'].shown('sankey').data))",
     ], {"SIGNATURES_STORE": str(tmp_path), "QUERY_STRING": "experiment=small"})
     assert "shown 1 traces 1" in outputs(nb)
 

@@ -100,7 +100,7 @@ def test_gallery_select_and_swap_views(store):
     exp = view.exp
 
     def sankey_total():
-        link = view.sankey_fig.data[0].link
+        link = view.shown('sankey').data[0].link
         steps = len(exp.layers)  # hidden-to-hidden steps plus the step to the prediction
         return sum(link.value) / steps
 
@@ -110,18 +110,18 @@ def test_gallery_select_and_swap_views(store):
     view.inserted.value = (4,)
     assert sankey_total() == len(exp.rows("train", "test")) + int(np.sum(exp.labels == 4))
 
-    first = np.array(view.umap_fig.data[0].x)
+    first = np.array(view.shown('umap').data[0].x)
     view.layer.value = exp.layers[1]
-    assert not np.array_equal(np.array(view.umap_fig.data[0].x), first)
-    assert exp.layers[1] in view.silhouette_fig.layout.title.text
+    assert not np.array_equal(np.array(view.shown('umap').data[0].x), first)
+    assert exp.layers[1] in view.shown('silhouette').layout.title.text
     view.color_by.value = "cluster"
-    assert {t.name for t in view.umap_fig.data} == {f"c{c}" for c in range(exp.clusterers[exp.layers[1]].k_)}
+    assert {t.name for t in view.shown('umap').data} == {f"c{c}" for c in range(exp.clusterers[exp.layers[1]].k_)}
 
     label, value = view.selection.options[0]
     view.selection.value = view.selection.options[1][1]
     view.selection.value = value
     n = int(label.split("·")[-1].split()[0])
-    assert f"of {n} inputs" in view.images_fig.layout.title.text
+    assert f"of {n} inputs" in view.shown('images').layout.title.text
 
 
 def test_gallery_empty_store_says_how_to_fill_it(tmp_path):
@@ -138,3 +138,10 @@ def test_gallery_needs_no_tensorflow_or_umap(store):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_every_shown_figure_has_a_height(store):
+    """A plot in an output area with no height of its own would be drawn 0 px tall."""
+    view = GalleryApp(store).select("small")
+    for name in view.VIEWS:
+        assert view.boxes[name].outputs[0]["data"]["application/vnd.plotly.v1+json"]["layout"]["height"] > 200

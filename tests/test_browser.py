@@ -1,0 +1,162 @@
+"""The web site in a real browser: Debian's Chromium driven by Playwright.
+
+The site is started with ``python -m signatures serve`` on a free loopback port, with
+preheated kernels as in real use, over a temporary store holding one small real
+experiment. Screenshots go to ``screenshots/`` (git-ignored). Unexpected browser
+console errors fail the tests; only known harmless offline ones are filtered.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = Path(__file__).resolve().parents[1] / "screenshots"
+
+#: Console errors that an offline Voilà page logs without harm.
+HARMLESS = (
+    re.compile(r"Failed to load resource.*(fonts|cdn|googleapis|unpkg|jsdelivr)", re.I),
+    re.compile(r"setData", re.I),
+    re.compile(r"favicon", re.I),
+)
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def site(small_experiment, tmp_path_factory):
+    from signatures.store import save_experiment
+
+    store = tmp_path_factory.mktemp("site-store")
+    save_experiment(small_experiment, store / "small-1v7", save_model=False)
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("site-log") / "serve.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "signatures", "serve", "--port", str(port), "--store", str(store),
+         "--pool-size", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the site did not start; see {log.name}") from None
+                time.sleep(0.5)
+        yield {"url": url, "store": store, "log": log.name}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1300, "height": 2800})
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.errors = errors
+    yield page
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    unexpected = [e for e in errors if not any(p.search(e) for p in HARMLESS)]
+    assert unexpected == [], f"unexpected browser console errors: {unexpected}"
+
+
+def plot_titles(page):
+    return [t or "" for t in page.locator(".js-plotly-plot .gtitle").all_text_contents()]
+
+
+def assert_plots_have_height(page):
+    heights = page.locator(".js-plotly-plot").evaluate_all("plots => plots.map(p => p.offsetHeight)")
+    assert len(heights) >= 6 and min(heights) > 100, heights
+
+
+def test_landing_lists_apps_and_experiments(site, page):
+    page.goto(site["url"])
+    text = page.inner_text("body")
+    for words in ("Builder", "Gallery", "small-1v7", "Which neurons fire"):
+        assert words in text
+    hrefs = page.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    assert any(h.endswith("voila/render/builder.ipynb") for h in hrefs)
+    assert any("gallery.ipynb?experiment=small-1v7" in h for h in hrefs)
+
+
+def test_gallery_shows_every_view_of_a_stored_experiment(site, page):
+    page.goto(site["url"] + "voila/render/gallery.ipynb?experiment=small-1v7", timeout=120_000)
+    page.wait_for_selector(".js-plotly-plot .sankey", timeout=120_000)
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
+    assert_plots_have_height(page)
+    titles = " | ".join(plot_titles(page))
+    for words in ("Confusion matrix", "Cluster paths", "UMAP of hidden_1", "Silhouette of hidden_1", "cluster c"):
+        assert words in titles
+    page.select_option(".widget-dropdown:has-text('Layer') select", label="hidden_2")
+    page.wait_for_function("() => [...document.querySelectorAll('.gtitle')].some(t => "
+                           "t.textContent.includes('UMAP of hidden_2'))", timeout=20_000)
+
+
+def test_builder_runs_and_switches_layers(site, page):
+    page.goto(site["url"] + "voila/render/builder.ipynb", timeout=240_000)  # waits for the warm kernel
+    page.wait_for_selector("button:has-text('Run')", timeout=180_000)
+    page.fill(".widget-text:has-text('Images per digit') input", "60")
+    page.fill(".widget-inline-hbox:has-text('Epochs') input", "1")
+    page.fill(".widget-text:has-text('Experiment name') input", "from-browser")
+    page.click("button:has-text('Run')")
+    page.wait_for_selector(".js-plotly-plot .sankey", timeout=180_000)
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=60_000)
+    assert_plots_have_height(page)
+    assert "UMAP of hidden_1" in " | ".join(plot_titles(page))
+    page.select_option(".widget-dropdown:has-text('Layer') select", label="hidden_2")
+    page.wait_for_function("() => [...document.querySelectorAll('.gtitle')].some(t => "
+                           "t.textContent.includes('UMAP of hidden_2'))", timeout=20_000)
+    assert (site["store"] / "from-browser" / "manifest.json").is_file()
+
+
+def test_builder_single_digit_shows_the_error(site, page):
+    page.goto(site["url"] + "voila/render/builder.ipynb", timeout=240_000)  # waits for the warm kernel
+    page.wait_for_selector("button:has-text('Run')", timeout=180_000)
+    row = page.locator(".widget-hbox", has=page.locator(".widget-label", has_text="Train on digits"))
+    row.locator("button", has_text=re.compile(r"^7$")).click()
+    page.click("button:has-text('Run')")
+    page.wait_for_selector(".sig-error", timeout=30_000)
+    assert "train on at least 2 digits" in page.inner_text("body")
+    assert page.locator("button:has-text('Run')").is_enabled()
+    assert sorted(p.name for p in site["store"].iterdir() if not p.name.startswith(".")) in (
+        ["small-1v7"], ["from-browser", "small-1v7"])
