@@ -111,7 +111,8 @@ def experiment_summaries(root):
     Returns
     -------
     list of dict
-        Keys ``name``, ``folder`` (the experiment's folder name in the store), ``dataset``,
+        Keys ``name`` (the experiment's folder name: its identity in the store and in links),
+        ``title`` (the free-text name in its config), ``folder`` (same as ``name``), ``dataset``,
         ``digits``, ``anomalies``, ``class_names``, ``arch``, ``hidden``, ``filters``,
         ``activation``, ``epochs``, ``accuracy`` (held-out, or None) and ``created``.
     """
@@ -120,7 +121,8 @@ def experiment_summaries(root):
         config = manifest.get("config", {})
         accuracy = manifest.get("metrics", {}).get("accuracy")
         out.append({
-            "name": str(manifest.get("name", "")),
+            "name": Path(manifest["path"]).name,
+            "title": str(config.get("name", "")),
             "folder": Path(manifest["path"]).name,
             "dataset": config.get("dataset"),
             "digits": list(config.get("digits", ())),
@@ -148,6 +150,7 @@ def _card(summary, base_url):
     created = summary["created"] or ""
     return {
         "name": summary["name"],
+        "title": summary.get("title") if summary.get("title") not in (None, "", summary["name"]) else "",
         "href": f"{base_url}voila/render/gallery.ipynb?experiment={quote(summary['name'], safe='')}",
         "dataset": _DATASET_TITLES.get(summary["dataset"], str(summary["dataset"])),
         "trained": _class_list(summary["digits"], names),
