@@ -34,6 +34,11 @@ __all__ = [
     "layer_umap",
     "experiment_sankey",
     "COLOR_BY",
+    "neuron_heatmap",
+    "separation_panel",
+    "cka_heatmap",
+    "auroc_bars",
+    "exit_layers",
 ]
 
 #: Colours of trained classes (and of any group that is not an anomaly).
@@ -203,7 +208,7 @@ def _class_name(class_names, label):
 
 
 def sankey(flows, layer_names, class_names=None, *, anomaly_groups=(), group_names=None,
-           title="Cluster paths"):
+           title="Cluster paths", highlight_column=None, highlight_text="classes separate here"):
     """Sankey of cluster paths, one link per (step, source, target, group).
 
     Parameters
@@ -222,6 +227,9 @@ def sankey(flows, layer_names, class_names=None, *, anomaly_groups=(), group_nam
     group_names : dict, optional
         group -> name shown on hover and in the colour key.
     title : str
+    highlight_column : int, optional
+        Column to mark below the diagram with ``highlight_text`` (e.g. the first layer
+        where the classes separate).
 
     Returns
     -------
@@ -286,8 +294,17 @@ def sankey(flows, layer_names, class_names=None, *, anomaly_groups=(), group_nam
     key = "   ".join(f"<span style='color:{colors[g]}'>■</span> {name_of(g)}" for g in order)
     fig.add_annotation(text=key, x=0.0, y=1.0, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
                        showarrow=False, font=dict(size=12))
+    bottom = 20
+    if highlight_column is not None:
+        if not 0 <= int(highlight_column) < n_columns:
+            raise ValueError(f"highlight_column must be in 0..{n_columns - 1}, got {highlight_column}")
+        x = int(highlight_column) / max(n_columns - 1, 1)
+        fig.add_annotation(text=f"▲ {highlight_text}", x=x, y=0.0, xref="paper", yref="paper",
+                           xanchor="left" if x < 0.5 else "right", yanchor="top", showarrow=False,
+                           font=dict(size=13, color="#b35900"), name="highlight")
+        bottom = 50
     return _layout(fig, title, height=max(480, 22 * max(len(m) for m in ids) + 200),
-                   margin=dict(l=20, r=20, t=90, b=20))
+                   margin=dict(l=20, r=20, t=90, b=bottom))
 
 
 def silhouette_curve(scores, chosen_k, *, title="Silhouette score by K", note=None):
@@ -544,3 +561,118 @@ def experiment_sankey(exp, *splits, rows=None, title=None):
     unseen = tuple(int(a) for a in np.unique(exp.labels[rows][exp.split[rows] == 2]))
     return sankey(exp.flows(rows=rows), exp.layers, exp.class_names, anomaly_groups=unseen,
                   title=title or f"Cluster paths of {len(rows)} inputs, first hidden layer to predicted class")
+
+
+# --------------------------------------------------------------------------- the three questions
+
+
+def neuron_heatmap(means, class_names, *, order=None, dead=None, title="Mean activation per neuron and class"):
+    """Neurons x classes heatmap of mean activation.
+
+    Parameters
+    ----------
+    means : ndarray of shape (n_units, n_classes)
+    class_names : sequence of str
+        One per column.
+    order : sequence of int, optional
+        Neuron order (rows), e.g. grouping class-specific neurons.
+    dead : collection of int, optional
+        Dead neurons, marked in the row labels.
+    """
+    means = np.asarray(means, dtype=float)
+    if means.ndim != 2 or means.shape[1] != len(class_names):
+        raise ValueError(f"means must have shape (n_units, {len(class_names)}), got {means.shape}")
+    order = np.arange(len(means)) if order is None else np.asarray(order, dtype=int)
+    dead = set(int(d) for d in (dead or ()))
+    rows = [f"n{i}{' (dead)' if i in dead else ''}" for i in order]
+    fig = go.Figure(go.Heatmap(
+        z=means[order], x=[str(c) for c in class_names], y=rows, colorscale="Viridis",
+        colorbar=dict(title="mean"), hovertemplate="%{y}, class %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", showticklabels=len(order) <= 64)
+    fig.update_xaxes(type="category", title="class")
+    return _layout(fig, title, height=max(320, min(900, 12 * len(order) + 140)))
+
+
+def separation_panel(table, *, separating=None, metrics=None, title="How well each layer separates the classes"):
+    """Per-layer separation metrics side by side, the first separating layer marked.
+
+    Parameters
+    ----------
+    table : list of dict
+        One per layer, in order, each with ``"layer"`` and numeric metric entries.
+    separating : str, optional
+        Layer to mark.
+    metrics : dict, optional
+        key -> label of the metrics to draw (default: every numeric key of the first row).
+    """
+    table = list(table)
+    if not table:
+        return _empty(title, "No layers", height=380)
+    layers = [str(r["layer"]) for r in table]
+    if metrics is None:
+        metrics = {k: k.replace("_", " ") for k, v in table[0].items()
+                   if k != "layer" and isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+    fig = go.Figure()
+    for key, label in metrics.items():
+        fig.add_trace(go.Scatter(x=layers, y=[r.get(key) for r in table], mode="lines+markers", name=label,
+                                 hovertemplate=f"{label}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    if separating is not None:
+        if separating not in layers:
+            raise ValueError(f"separating layer must be one of {layers}, got {separating!r}")
+        fig.add_vline(x=layers.index(separating), line=dict(color="#b35900", dash="dash"))
+        fig.add_annotation(x=separating, y=1.0, yref="paper", text="classes separate here", showarrow=False,
+                           yanchor="bottom", font=dict(color="#b35900"))
+    fig.update_xaxes(type="category", title="layer")
+    fig.update_yaxes(title="score")
+    return _layout(fig, title, height=400, showlegend=True)
+
+
+def cka_heatmap(matrix, layer_names, *, title="Linear CKA between layers"):
+    """Layer x layer similarity heatmap (values in [0, 1])."""
+    matrix = np.asarray(matrix, dtype=float)
+    n = len(layer_names)
+    if matrix.shape != (n, n):
+        raise ValueError(f"matrix must have shape ({n}, {n}), got {matrix.shape}")
+    fig = go.Figure(go.Heatmap(z=matrix, x=list(layer_names), y=list(layer_names), zmin=0, zmax=1,
+                               colorscale="Blues", text=np.round(matrix, 2), texttemplate="%{text}",
+                               hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, height=max(300, 60 * n + 140))
+
+
+def auroc_bars(aurocs, *, title="Telling unseen digits from trained ones (AUROC)"):
+    """Bar per anomaly score of its AUROC, with chance (0.5) marked.
+
+    Parameters
+    ----------
+    aurocs : dict
+        score name -> AUROC in [0, 1] (None for scores that could not be computed).
+    """
+    names = [str(k) for k in aurocs]
+    values = [None if v is None else float(v) for v in aurocs.values()]
+    fig = go.Figure(go.Bar(x=names, y=values, text=[f"{v:.3f}" if v is not None else "n/a" for v in values],
+                           textposition="outside", marker_color=TRAINED_COLORS[0],
+                           hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.add_hline(y=0.5, line=dict(color="#999", dash="dot"), annotation_text="chance")
+    fig.update_yaxes(range=[0, 1.08], title="AUROC")
+    return _layout(fig, title, height=360)
+
+
+def exit_layers(counts, layer_names, *, title="Layer where unseen inputs leave the known clusters"):
+    """Stacked bars: per group, how many inputs first leave the known clusters at each layer.
+
+    Parameters
+    ----------
+    counts : dict
+        group name -> dict of layer name (or ``None`` for never) -> count.
+    layer_names : sequence of str
+    """
+    columns = list(layer_names) + [None]
+    labels = [str(c) if c is not None else "never" for c in columns]
+    fig = go.Figure()
+    for i, (group, per_layer) in enumerate(counts.items()):
+        fig.add_trace(go.Bar(name=str(group), x=labels, y=[int(per_layer.get(c, 0)) for c in columns],
+                             marker_color=ANOMALY_COLORS[i % len(ANOMALY_COLORS)]))
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title="inputs")
+    return _layout(fig, title, height=360, showlegend=True)

@@ -290,3 +290,47 @@ def test_builders_never_show(monkeypatch):
         figures.training_curves({"loss": [1.0]}),
     ]
     assert all(isinstance(f, go.Figure) for f in built)
+
+
+# --------------------------------------------------------------------------- the three questions
+
+
+def test_neuron_heatmap_orders_rows_and_marks_dead():
+    means = np.array([[0.0, 2.0], [3.0, 0.0], [0.0, 0.0]])
+    fig = figures.neuron_heatmap(means, ["1", "7"], order=[1, 0, 2], dead=[2])
+    heat = fig.data[0]
+    assert list(heat.y) == ["n1", "n0", "n2 (dead)"]
+    np.testing.assert_array_equal(np.asarray(heat.z), means[[1, 0, 2]])
+    with pytest.raises(ValueError, match=r"shape \(n_units, 3\)"):
+        figures.neuron_heatmap(means, ["a", "b", "c"])
+
+
+def test_separation_panel_one_line_per_metric_and_marks_the_layer():
+    table = [{"layer": "h1", "probe": 0.9, "nmi": 0.2}, {"layer": "h2", "probe": 1.0, "nmi": 0.8}]
+    fig = figures.separation_panel(table, separating="h2")
+    assert [t.name for t in fig.data] == ["probe", "nmi"]
+    assert list(fig.data[1].y) == [0.2, 0.8]
+    assert fig.layout.shapes[0].x0 == 1
+    assert any("separate" in a.text for a in fig.layout.annotations)
+    with pytest.raises(ValueError, match="separating layer must be one of"):
+        figures.separation_panel(table, separating="h3")
+
+
+def test_cka_heatmap_and_auroc_bars_and_exit_layers():
+    fig = figures.cka_heatmap([[1, 0.5], [0.5, 1]], ["a", "b"])
+    assert np.asarray(fig.data[0].z).tolist() == [[1, 0.5], [0.5, 1]]
+    bars = figures.auroc_bars({"path rarity": 0.9, "max softmax": 0.7})
+    assert list(bars.data[0].x) == ["path rarity", "max softmax"] and list(bars.data[0].y) == [0.9, 0.7]
+    ex = figures.exit_layers({"3": {"h1": 5, None: 2}, "4": {"h2": 3}}, ["h1", "h2"])
+    assert [t.name for t in ex.data] == ["3", "4"]
+    assert list(ex.data[0].y) == [5, 0, 2] and list(ex.data[0].x) == ["h1", "h2", "never"]
+
+
+def test_sankey_highlight_column():
+    fl = [{"step": 0, "source": 0, "target": 0, "group": 1, "count": 2},
+          {"step": 1, "source": 0, "target": 1, "group": 1, "count": 2}]
+    fig = figures.sankey(fl, ["h1", "h2"], ["0", "1"], highlight_column=1)
+    marks = [a for a in fig.layout.annotations if "separate" in (a.text or "")]
+    assert len(marks) == 1 and marks[0].x == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="highlight_column must be in 0..2"):
+        figures.sankey(fl, ["h1", "h2"], ["0", "1"], highlight_column=5)
