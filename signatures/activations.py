@@ -21,6 +21,7 @@ How conv feature maps become rows
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -128,6 +129,18 @@ def build_extractor(model, *, layers=None, reduce="mean"):
     return extractor, names
 
 
+_EXTRACTORS = weakref.WeakKeyDictionary()
+
+
+def _cached_extractor(model, layers, reduce):
+    """:func:`build_extractor` once per model, layers and reduction (models are kept weakly)."""
+    key = (tuple(layers) if layers is not None else None, reduce)
+    per_model = _EXTRACTORS.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = build_extractor(model, layers=layers, reduce=reduce)
+    return per_model[key]
+
+
 class _PredictProgress(keras.callbacks.Callback):
     def __init__(self, progress, n_batches):
         super().__init__()
@@ -157,7 +170,8 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
     progress : callable, optional
         ``progress(stage, fraction, message)``.
     extractor : tuple, optional
-        A ``(keras.Model, names)`` pair from :func:`build_extractor`, to reuse.
+        A ``(keras.Model, names)`` pair from :func:`build_extractor`; by default one is
+        built on the first call for a model and kept for later calls.
 
     Returns
     -------
@@ -174,7 +188,7 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
     check_input_shape(model, X)
     if len(X) == 0:
         raise ValueError("X holds no inputs")
-    extractor, names = extractor or build_extractor(model, layers=layers, reduce=reduce)
+    extractor, names = extractor or _cached_extractor(model, layers, reduce)
     n_batches = int(np.ceil(len(X) / batch_size))
     callbacks = [_PredictProgress(progress, n_batches)] if progress else []
     outs = extractor.predict(X, batch_size=int(batch_size), verbose=0, callbacks=callbacks)

@@ -5,10 +5,17 @@ Choosing K
     ``sample_size`` rows (default 2,000) and scored by the silhouette on that sample;
     the K with the best score wins (ties go to the smaller K). Only then is k-means fitted
     once on all rows with the chosen K. The silhouette costs O(n^2), so at n = 12,000
-    the sample makes K selection tens of times faster. ``bench/bench_core.py`` measures
+    the sample makes K selection about 20-40 times faster on one thread. ``bench/bench_core.py`` measures
     both the speed-up and how often the sampled choice equals the exhaustive one
     (k-means with n_init=10 and the silhouette on every row, for every K); the figures
     are in ``docs/performance.md``.
+
+Threads
+    k-means runs on ``n_threads`` OpenMP threads (default 1). On a shared 2-core machine
+    (a web server with several kernels, a test run beside it) multi-threaded k-means on
+    a 2,000-row sample spends most of its time spin-waiting for the other core: measured
+    here, the clustering stage of a 1-vs-7 experiment took 7-18 s on 2 threads and 3.4 s
+    on one (``docs/performance.md``).
 
 Degenerate layers
     A layer whose activations are all equal (a dead layer) or that has fewer distinct
@@ -24,6 +31,7 @@ from collections import OrderedDict
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
+from threadpoolctl import threadpool_limits
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
@@ -72,7 +80,7 @@ def _kmeans(k, n_init, random_state):
     return KMeans(n_clusters=k, n_init=n_init, random_state=random_state)
 
 
-def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0):
+def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, n_threads=1):
     """Silhouette score of k-means for every K.
 
     Parameters
@@ -85,6 +93,8 @@ def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, 
     n_init : int
         k-means restarts per K.
     random_state : int
+    n_threads : int or None
+        OpenMP threads for k-means (``None``: scikit-learn's default, all cores).
 
     Returns
     -------
@@ -101,7 +111,7 @@ def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, 
         if k > len(X) - 1:
             scores[k] = float("nan")
             continue
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), threadpool_limits(limits=n_threads, user_api="openmp"):
             warnings.simplefilter("ignore", ConvergenceWarning)
             labels = _kmeans(k, n_init, random_state).fit_predict(X)
         if len(np.unique(labels)) < 2:
@@ -119,15 +129,16 @@ def _best_k(scores):
     return min(k for k, s in finite.items() if s == best)
 
 
-def select_k(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0):
-    """The K with the best silhouette score.
+def select_k(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, n_threads=1):
+    """The K with the best silhouette score (see :func:`silhouette_sweep` for the options).
 
     Returns
     -------
     k : int
     scores : dict[int, float]
     """
-    scores = silhouette_sweep(X, k_range=k_range, sample_size=sample_size, n_init=n_init, random_state=random_state)
+    scores = silhouette_sweep(X, k_range=k_range, sample_size=sample_size, n_init=n_init,
+                              random_state=random_state, n_threads=n_threads)
     return _best_k(scores), scores
 
 
@@ -142,6 +153,8 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
     n_init : int, default 4
         k-means restarts, for the sweep and for the final fit.
     random_state : int, default 0
+    n_threads : int or None, default 1
+        OpenMP threads for k-means (see the module notes); ``None`` for all cores.
 
     Attributes
     ----------
@@ -156,11 +169,12 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
         What happened, in words, when ``status_`` is not ``"ok"``.
     """
 
-    def __init__(self, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0):
+    def __init__(self, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, n_threads=1):
         self.k_range = k_range
         self.sample_size = sample_size
         self.n_init = n_init
         self.random_state = random_state
+        self.n_threads = n_threads
 
     def fit(self, X, y=None):
         """Choose K and fit k-means on all rows of ``X`` (n_samples, n_features)."""
@@ -190,10 +204,11 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
         if len(usable) < len(ks):
             self.note_ = f"only {len(distinct)} distinct activation vectors: K limited to {usable[-1]}"
         self.silhouette_scores_ = silhouette_sweep(
-            X, k_range=usable, sample_size=self.sample_size, n_init=self.n_init, random_state=self.random_state
+            X, k_range=usable, sample_size=self.sample_size, n_init=self.n_init, random_state=self.random_state,
+            n_threads=self.n_threads,
         )
         k = _best_k(self.silhouette_scores_) or usable[0]
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), threadpool_limits(limits=self.n_threads, user_api="openmp"):
             warnings.simplefilter("ignore", ConvergenceWarning)
             km = _kmeans(k, self.n_init, self.random_state).fit(X)
         self.k_ = int(k)
@@ -233,6 +248,7 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
                 "sample_size": self.sample_size,
                 "n_init": self.n_init,
                 "random_state": self.random_state,
+                "n_threads": self.n_threads,
             },
             "k": self.k_,
             "silhouette_scores": {str(k): v for k, v in self.silhouette_scores_.items()},
