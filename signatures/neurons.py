@@ -1,0 +1,524 @@
+"""Which neurons fire for which class, and how.
+
+Everything here takes one layer's activations ``X`` of shape (n_samples, n_units) with
+plain label arrays or boolean masks, and returns numpy arrays or plain dicts; only
+:func:`layer_neuron_summary` reads an :class:`~signatures.experiment.Experiment`.
+Neurons are columns of ``X`` and are named by their column index.
+
+Active and dead neurons
+    A neuron is *active* for an input when its activation is above ``threshold``
+    (default 0), and *dead* when it is active for no input at all: activation
+    ``<= threshold`` for every row. For ReLU layers threshold 0 is the natural choice:
+    a dead ReLU outputs exactly 0 for every input, so it passes on no information.
+    For other activations "dead" means only "never above the threshold". A tanh,
+    ELU or linear neuron that stays ``<= 0`` can still vary and carry information
+    (its sign is simply fixed); a sigmoid is always above 0, so at threshold 0 none is
+    ever dead. There, choose a threshold that means "off" for that activation (for
+    example 0.5 for a sigmoid, its value at input 0), or look for constant
+    columns (``np.ptp(X, axis=0) == 0``), which carry no information for any activation.
+
+Effect sizes
+    For a group of inputs (the *members*: a class, a cluster or a path) against all
+    other inputs, the *AUROC* of a neuron is the probability that a random member
+    activates it more than a random non-member, ties counting one half: 0.5 carries no
+    information, 1 means members are always higher, 0 means they are always lower.
+    It depends only on the ranks, so it is the same for any increasing transform of the
+    activations. *Cohen's d* is the difference of the two means over their pooled
+    standard deviation. Signature neurons are ranked by ``|AUROC - 0.5|``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+__all__ = [
+    "class_means",
+    "class_preference",
+    "neuron_order",
+    "active_fraction",
+    "dead_neurons",
+    "auroc_per_neuron",
+    "cohens_d",
+    "signature_neurons",
+    "top_activating",
+    "anomaly_profile",
+    "layer_neuron_summary",
+]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_X(X):
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-D array of shape (n_samples, n_units), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X must have at least one row and one unit, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X holds NaN or infinite activations")
+    return X
+
+
+def _check_labels(y, n):
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"y must have one label per row of X ({n}), got shape {y.shape}")
+    return y
+
+
+def _check_mask(member_mask, n):
+    mask = np.asarray(member_mask)
+    if mask.dtype != bool:
+        raise ValueError(f"member_mask must be a boolean array, got dtype {mask.dtype}")
+    if mask.shape != (n,):
+        raise ValueError(f"member_mask must have one entry per row of X ({n}), got shape {mask.shape}")
+    n_in = int(mask.sum())
+    if n_in == 0:
+        raise ValueError("member_mask selects no members; give a group with at least one row")
+    if n_in == n:
+        raise ValueError("member_mask selects every row; an effect size needs some non-members")
+    return mask
+
+
+def _row_indices(rows, n):
+    """``rows`` as int64 indices in 0..n-1 (all rows when None)."""
+    if rows is None:
+        return np.arange(n)
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        raise ValueError("rows must be row indices, not a boolean mask; pass np.flatnonzero(mask)")
+    rows = rows.astype(np.int64).ravel()
+    bad = rows[(rows < 0) | (rows >= n)]
+    if len(bad):
+        raise ValueError(f"rows must be in 0..{n - 1}, got {bad[:5].tolist()}")
+    return rows
+
+
+def _check_top(top, name="top"):
+    if top is None:
+        return None
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"{name} must be a positive integer or None, got {top!r}")
+    return int(top)
+
+
+# --------------------------------------------------------------------------- class means and order
+
+
+def class_means(X, y, classes):
+    """Mean activation of each neuron for each class.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+    y : ndarray of shape (n_samples,)
+        Class of each row.
+    classes : sequence
+        Classes, one per output column; each must have at least one row.
+
+    Returns
+    -------
+    ndarray of shape (n_units, n_classes)
+    """
+    X = _check_X(X)
+    y = _check_labels(y, len(X))
+    classes = list(classes)
+    if not classes:
+        raise ValueError("classes is empty; give at least one class")
+    missing = [c for c in classes if not np.any(y == c)]
+    if missing:
+        raise ValueError(f"classes {missing} have no rows in y; classes present: {np.unique(y).tolist()}")
+    return np.stack([X[y == c].mean(axis=0) for c in classes], axis=1)
+
+
+def class_preference(means):
+    """Each neuron's preferred class and how selective it is for it.
+
+    Parameters
+    ----------
+    means : ndarray of shape (n_units, n_classes)
+        From :func:`class_means`.
+
+    Returns
+    -------
+    preferred : ndarray of shape (n_units,), int
+        Column of the class whose mean is largest relative to the neuron's mean over
+        classes (the lowest column on ties).
+    selectivity : ndarray of shape (n_units,)
+        ``(m_pref - m_rest) / (|m_pref| + |m_rest|)``, where ``m_rest`` is the mean over
+        the other classes: in [0, 1], 0 when the neuron does not tell the classes
+        apart, 1 when it is silent (0) for every other class. 0 for a single class.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    if means.ndim != 2 or means.shape[1] == 0:
+        raise ValueError(f"means must have shape (n_units, n_classes), got {means.shape}")
+    n_units, n_classes = means.shape
+    preferred = np.argmax(means - means.mean(axis=1, keepdims=True), axis=1)
+    m_pref = means[np.arange(n_units), preferred]
+    if n_classes == 1:
+        return preferred, np.zeros(n_units)
+    m_rest = (means.sum(axis=1) - m_pref) / (n_classes - 1)
+    denom = np.abs(m_pref) + np.abs(m_rest)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sel = np.where(denom > 0, (m_pref - m_rest) / denom, 0.0)
+    return preferred, np.clip(sel, 0.0, 1.0)
+
+
+def neuron_order(means, *, dead=None):
+    """A neuron order that shows class-specific groups in a neuron x class heatmap.
+
+    Neurons are grouped by preferred class (in column order, see
+    :func:`class_preference`), most selective first within each group; dead neurons
+    come last, in index order.
+
+    Parameters
+    ----------
+    means : ndarray of shape (n_units, n_classes)
+    dead : sequence of int, optional
+        Neurons to put last (e.g. :func:`dead_neurons`). By default, the neurons whose
+        class means are all equal, which tell no class from another (a dead ReLU has
+        every mean 0).
+
+    Returns
+    -------
+    ndarray of shape (n_units,), int
+        A permutation of ``range(n_units)``.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    preferred, sel = class_preference(means)
+    n_units = len(means)
+    if dead is None:
+        is_dead = np.all(means == means[:, :1], axis=1)
+    else:
+        dead = np.asarray(dead, dtype=np.int64).ravel()
+        bad = dead[(dead < 0) | (dead >= n_units)]
+        if len(bad):
+            raise ValueError(f"dead neurons must be in 0..{n_units - 1}, got {bad.tolist()}")
+        is_dead = np.zeros(n_units, dtype=bool)
+        is_dead[dead] = True
+    return np.lexsort((np.arange(n_units), -sel, preferred, is_dead)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- active and dead
+
+
+def active_fraction(X, *, threshold=0.0):
+    """Share of inputs for which each neuron is active (activation > ``threshold``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+    threshold : float, default 0.0
+
+    Returns
+    -------
+    ndarray of shape (n_units,), values in [0, 1]
+    """
+    X = _check_X(X)
+    return (X > threshold).mean(axis=0)
+
+
+def dead_neurons(X, *, threshold=0.0):
+    """Neurons that are active for no input: activation <= ``threshold`` on every row.
+
+    See the module notes for what "dead" means for activations other than ReLU.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+    threshold : float, default 0.0
+
+    Returns
+    -------
+    ndarray of shape (n_dead,), int
+        Column indices, ascending.
+    """
+    X = _check_X(X)
+    return np.flatnonzero(~np.any(X > threshold, axis=0)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- effect sizes
+
+
+def auroc_per_neuron(X, member_mask):
+    """AUROC of each neuron's activation at telling members from non-members.
+
+    Computed for all neurons at once from the Mann-Whitney U statistic of average
+    ranks (ties share their mean rank), which equals
+    ``sklearn.metrics.roc_auc_score(member_mask, X[:, j])`` for every column ``j``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+    member_mask : ndarray of shape (n_samples,), bool
+        Members (at least one) and non-members (at least one).
+
+    Returns
+    -------
+    ndarray of shape (n_units,), values in [0, 1]
+        0.5 = no information; above 0.5 members activate the neuron more.
+    """
+    X = _check_X(X)
+    mask = _check_mask(member_mask, len(X))
+    n_in = int(mask.sum())
+    n_out = len(mask) - n_in
+    ranks = rankdata(X, axis=0)
+    u = ranks[mask].sum(axis=0) - n_in * (n_in + 1) / 2.0
+    return u / (n_in * n_out)
+
+
+def cohens_d(X, member_mask):
+    """Cohen's d of each neuron: (mean of members - mean of the rest) / pooled std.
+
+    The pooled standard deviation is ``sqrt((SS_in + SS_out) / (n - 2))``. A neuron
+    constant within both groups gives 0 if the two means are equal and +-inf if not.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+    member_mask : ndarray of shape (n_samples,), bool
+        At least one member, at least one non-member, at least three rows in all.
+
+    Returns
+    -------
+    ndarray of shape (n_units,)
+    """
+    X = _check_X(X)
+    mask = _check_mask(member_mask, len(X))
+    if len(X) < 3:
+        raise ValueError(f"Cohen's d needs at least 3 rows (a pooled variance with n - 2 >= 1), got {len(X)}")
+    a, b = X[mask], X[~mask]
+    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
+    ss = ((a - mean_a) ** 2).sum(axis=0) + ((b - mean_b) ** 2).sum(axis=0)
+    pooled = np.sqrt(ss / (len(X) - 2))
+    diff = mean_a - mean_b
+    tol = 1e-12 * (1.0 + np.abs(X).max(axis=0))  # rounding noise of a constant column
+    flat = pooled <= tol
+    d = np.zeros(X.shape[1])
+    d[~flat] = diff[~flat] / pooled[~flat]
+    apart = flat & (np.abs(diff) > tol)
+    d[apart] = np.sign(diff[apart]) * np.inf
+    return d
+
+
+def signature_neurons(X, member_mask, *, top=10):
+    """The neurons that best tell a group's members from the other inputs.
+
+    The group is whatever the mask selects: a class, a cluster, or the inputs taking
+    a path.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+    member_mask : ndarray of shape (n_samples,), bool
+    top : int or None, default 10
+        How many neurons to return; None for all.
+
+    Returns
+    -------
+    list of dict
+        ``{"neuron", "auroc", "cohens_d", "mean_in", "mean_out"}``, strongest effect first:
+        by ``|auroc - 0.5|``, then ``|cohens_d|``, then neuron index. ``auroc`` above 0.5
+        means the members activate the neuron more than the rest.
+    """
+    top = _check_top(top)
+    X = _check_X(X)
+    mask = _check_mask(member_mask, len(X))
+    auc = auroc_per_neuron(X, mask)
+    d = cohens_d(X, mask)
+    mean_in, mean_out = X[mask].mean(axis=0), X[~mask].mean(axis=0)
+    order = np.lexsort((np.arange(X.shape[1]), -np.abs(d), -np.abs(auc - 0.5)))
+    if top is not None:
+        order = order[:top]
+    return [
+        {"neuron": int(j), "auroc": float(auc[j]), "cohens_d": float(d[j]),
+         "mean_in": float(mean_in[j]), "mean_out": float(mean_out[j])}
+        for j in order
+    ]
+
+
+def top_activating(X, neuron, *, k=16, rows=None):
+    """Rows with the highest activation of one neuron (e.g. to show their images).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+    neuron : int
+        Column of ``X``.
+    k : int, default 16
+        Most rows returned.
+    rows : ndarray of shape (n_rows,), int, optional
+        Row indices of ``X`` to choose from; all rows by default.
+
+    Returns
+    -------
+    ndarray of shape (min(k, n_rows),), int
+        Row indices of ``X``, highest activation first (ties by row index).
+    """
+    X = _check_X(X)
+    k = _check_top(k, "k")
+    if k is None:
+        raise ValueError("k must be a positive integer, got None")
+    if isinstance(neuron, bool) or not isinstance(neuron, (int, np.integer)) or not 0 <= neuron < X.shape[1]:
+        raise ValueError(f"neuron must be an integer in 0..{X.shape[1] - 1}, got {neuron!r}")
+    candidates = _row_indices(rows, len(X))
+    values = X[candidates, neuron]
+    return candidates[np.lexsort((candidates, -values))[:k]]
+
+
+# --------------------------------------------------------------------------- anomalies
+
+
+def anomaly_profile(X, y, classes, anomaly_class, *, top=10, threshold=0.0):
+    """Which neurons an anomaly (a class never trained on) fires, against the trained classes.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+        Rows of the trained classes and of the anomaly; other rows are ignored.
+    y : ndarray of shape (n_samples,)
+    classes : sequence
+        Trained classes.
+    anomaly_class
+        The anomaly's label in ``y``; not one of ``classes``.
+    top : int or None, default 10
+        Signature neurons listed.
+    threshold : float, default 0.0
+        Activation above which a neuron counts as active.
+
+    Returns
+    -------
+    dict
+        ``anomaly_class``, ``classes``;
+        ``anomaly_means`` (n_units,) and ``class_means`` (n_units, n_classes);
+        ``excess`` (n_units,): anomaly mean minus the largest trained-class mean;
+        ``exceeds_all``: neurons the anomaly fires more, on average, than every trained
+        class, largest excess first; ``below_all``: neurons it fires less than every
+        trained class, largest shortfall first;
+        ``active_fraction`` (n_units,) of the anomaly rows;
+        ``distance_to_class``: class -> Euclidean distance between the anomaly's and the
+        class's mean activation vectors, and ``nearest_class``, the closest;
+        ``signature``: :func:`signature_neurons` of the anomaly rows against the rows of
+        the trained classes.
+    """
+    X = _check_X(X)
+    y = _check_labels(y, len(X))
+    classes = list(classes)
+    if anomaly_class in classes:
+        raise ValueError(f"anomaly_class {anomaly_class!r} is one of the trained classes {classes}")
+    is_anomaly = y == anomaly_class
+    if not is_anomaly.any():
+        raise ValueError(f"anomaly_class {anomaly_class!r} has no rows in y; labels present: {np.unique(y).tolist()}")
+    means = class_means(X, y, classes)
+    a_means = X[is_anomaly].mean(axis=0)
+    excess = a_means - means.max(axis=1)
+    shortfall = means.min(axis=1) - a_means
+    exceeds = np.flatnonzero(excess > 0)
+    below = np.flatnonzero(shortfall > 0)
+    distances = {c: float(np.linalg.norm(a_means - means[:, j])) for j, c in enumerate(classes)}
+    keep = is_anomaly | np.isin(y, classes)
+    return {
+        "anomaly_class": anomaly_class,
+        "classes": tuple(classes),
+        "anomaly_means": a_means,
+        "class_means": means,
+        "excess": excess,
+        "exceeds_all": exceeds[np.lexsort((exceeds, -excess[exceeds]))],
+        "below_all": below[np.lexsort((below, -shortfall[below]))],
+        "active_fraction": active_fraction(X[is_anomaly], threshold=threshold),
+        "distance_to_class": distances,
+        "nearest_class": min(distances, key=distances.get),
+        "signature": signature_neurons(X[keep], is_anomaly[keep], top=top),
+    }
+
+
+# --------------------------------------------------------------------------- one layer of an experiment
+
+
+def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, anomalies=None):
+    """Everything about one layer's neurons in an experiment.
+
+    Class means, order, active fractions, dead neurons and per-class signature neurons
+    use the training and held-out rows of the trained classes; anomaly profiles use the
+    anomaly rows.
+
+    Parameters
+    ----------
+    exp : Experiment
+    layer : str
+        One of ``exp.layers``.
+    rows : ndarray of int, optional
+        Rows to consider (all by default); anomaly rows among them feed the anomaly
+        profiles.
+    top : int or None, default 10
+        Signature neurons per class.
+    k : int, default 16
+        Top-activating rows listed per signature neuron.
+    threshold : float, default 0.0
+        Activation above which a neuron counts as active.
+    anomalies : sequence, optional
+        Anomaly classes to profile; by default ``exp.anomalies`` that have rows.
+
+    Returns
+    -------
+    dict
+        ``layer``, ``classes``, ``class_names`` (one per class, for the heatmap's columns),
+        ``n_rows`` (in-distribution rows used);
+        ``means`` (n_units, n_classes); ``order`` (n_units,) from :func:`neuron_order`;
+        ``preferred`` (n_units,) class of each neuron and ``selectivity`` (n_units,);
+        ``active_fraction`` (n_units,); ``dead`` (indices) and ``n_dead``;
+        ``signatures``: class -> :func:`signature_neurons` (class vs other trained classes);
+        ``top_rows``: class -> {neuron: row indices of ``exp`` activating it most};
+        ``anomalies``: anomaly class -> :func:`anomaly_profile`.
+    """
+    if layer not in exp.hidden:
+        raise ValueError(f"layer must be one of {list(exp.hidden)}, got {layer!r}")
+    X_all = exp.hidden[layer]
+    rows = _row_indices(rows, len(exp.labels))
+    classes = list(exp.classes)
+    labels, split = np.asarray(exp.labels), np.asarray(exp.split)
+    known = rows[np.isin(labels[rows], classes) & (split[rows] != 2)]
+    if len(known) == 0:
+        raise ValueError(f"rows hold no training or held-out rows of the trained classes {classes}")
+    X, y = np.asarray(X_all, dtype=np.float64)[known], labels[known]
+    means = class_means(X, y, classes)
+    dead = dead_neurons(X, threshold=threshold)
+    preferred, selectivity = class_preference(means)
+    signatures, top_rows = {}, {}
+    for c in classes:
+        members = y == c
+        if members.all():
+            signatures[c], top_rows[c] = [], {}
+            continue
+        signatures[c] = signature_neurons(X, members, top=top)
+        top_rows[c] = {s["neuron"]: known[top_activating(X, s["neuron"], k=k)] for s in signatures[c]}
+    out_rows = rows[split[rows] == 2]
+    wanted = exp.anomalies if anomalies is None else anomalies
+    profiles = {}
+    for a in wanted:
+        a_rows = out_rows[labels[out_rows] == a]
+        if len(a_rows) == 0:
+            if anomalies is not None:
+                raise ValueError(f"anomaly class {a!r} has no anomaly rows among the given rows")
+            continue
+        both = np.concatenate([X, np.asarray(X_all, dtype=np.float64)[a_rows]])
+        profiles[a] = anomaly_profile(both, np.concatenate([y, labels[a_rows]]), classes, a, top=top,
+                                      threshold=threshold)
+    return {
+        "layer": layer,
+        "classes": tuple(classes),
+        "class_names": tuple(str(exp.class_names[int(c)]) for c in classes),
+        "n_rows": int(len(known)),
+        "means": means,
+        "order": neuron_order(means, dead=dead),
+        "preferred": np.asarray(classes)[preferred],
+        "selectivity": selectivity,
+        "active_fraction": active_fraction(X, threshold=threshold),
+        "dead": dead,
+        "n_dead": int(len(dead)),
+        "signatures": signatures,
+        "top_rows": top_rows,
+        "anomalies": profiles,
+    }
