@@ -552,14 +552,16 @@ def layer_umap(exp, layer, *, color_by="digit", rows=None, title=None):
                         title=title or f"UMAP of {layer}, coloured by {color_by}")
 
 
-def experiment_sankey(exp, *splits, rows=None, title=None):
+def experiment_sankey(exp, *splits, rows=None, title=None, separating=None):
     """Sankey of an experiment's paths over the rows of ``splits`` (or ``rows``; all rows if neither).
 
     Links are grouped by true class; anomaly classes are drawn in warm colours.
+    ``separating`` (a layer name) is marked under its column.
     """
     rows = exp._selected(splits, rows)
     unseen = tuple(int(a) for a in np.unique(exp.labels[rows][exp.split[rows] == 2]))
-    return sankey(exp.flows(rows=rows), exp.layers, exp.class_names, anomaly_groups=unseen,
+    column = list(exp.layers).index(separating) if separating is not None else None
+    return sankey(exp.flows(rows=rows), exp.layers, exp.class_names, anomaly_groups=unseen, highlight_column=column,
                   title=title or f"Cluster paths of {len(rows)} inputs, first hidden layer to predicted class")
 
 
@@ -658,21 +660,24 @@ def auroc_bars(aurocs, *, title="Telling unseen digits from trained ones (AUROC)
     return _layout(fig, title, height=360)
 
 
-def exit_layers(counts, layer_names, *, title="Layer where unseen inputs leave the known clusters"):
-    """Stacked bars: per group, how many inputs first leave the known clusters at each layer.
+def exit_layers(counts, layer_names, *, title="Layer where unseen inputs leave the known clusters",
+                value_label="share of the class"):
+    """Grouped bars: per group, how many (or what share of) inputs first leave the known clusters at each layer.
 
     Parameters
     ----------
     counts : dict
-        group name -> dict of layer name (or ``None`` for never) -> count.
+        group name -> dict of layer name (or ``None`` for never) -> count or share.
     layer_names : sequence of str
+    value_label : str
+        Title of the value axis.
     """
     columns = list(layer_names) + [None]
     labels = [str(c) if c is not None else "never" for c in columns]
     fig = go.Figure()
     for i, (group, per_layer) in enumerate(counts.items()):
-        fig.add_trace(go.Bar(name=str(group), x=labels, y=[int(per_layer.get(c, 0)) for c in columns],
+        fig.add_trace(go.Bar(name=str(group), x=labels, y=[float(per_layer.get(c, 0)) for c in columns],
                              marker_color=ANOMALY_COLORS[i % len(ANOMALY_COLORS)]))
-    fig.update_layout(barmode="stack")
-    fig.update_yaxes(title="inputs")
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title=value_label)
     return _layout(fig, title, height=360, showlegend=True)

@@ -27,7 +27,8 @@ from .store import write_file_atomic
 __all__ = ["render_report", "write_report", "FIGURE_KINDS"]
 
 #: The ``data-figure`` values a report uses.
-FIGURE_KINDS = ("confusion", "training", "silhouette", "umap", "sankey", "cluster-images")
+FIGURE_KINDS = ("confusion", "training", "silhouette", "umap", "sankey", "cluster-images", "neurons",
+                "separation", "cka", "anomaly-auroc", "exit-layers")
 
 _CSS = """
 :root { --ink: #222; --muted: #666; --line: #e3e3e3; --accent: #1f77b4; --warn: #d62728; }
@@ -58,6 +59,8 @@ th { background: #f3f3f3; font-weight: 600; }
 td.path, th.path { text-align: left; font-family: ui-monospace, Menlo, Consolas, monospace; }
 th.anomaly, td.anomaly { color: var(--warn); }
 td.zero { color: #bbb; }
+.findings { background: #f3f7fb; border-left: 4px solid var(--accent); padding: 6px 18px; margin: 18px 0; }
+.findings li { margin: 6px 0; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
@@ -150,8 +153,8 @@ def _header(exp):
 <dl class="facts">
 {dl}
 </dl>
-<nav><a href="#accuracy">Accuracy</a><a href="#layers">Layers</a><a href="#paths">Paths</a>
-<a href="#clusters">Cluster images</a></nav>
+<nav><a href="#findings">Findings</a><a href="#accuracy">Accuracy</a><a href="#layers">Layers</a>
+<a href="#paths">Paths</a><a href="#questions">The three questions</a><a href="#clusters">Cluster images</a></nav>
 </header>"""
 
 
@@ -252,10 +255,11 @@ def _paths_table(exp, max_paths):
     )
 
 
-def _paths(exp, page, max_paths):
+def _paths(exp, page, max_paths, separating=None):
     n = exp.n_rows
     sankey = page.figure(
-        _fig.experiment_sankey(exp, title=f"Cluster paths of all {n} inputs, first hidden layer to predicted class"),
+        _fig.experiment_sankey(exp, title=f"Cluster paths of all {n} inputs, first hidden layer to predicted class",
+                               separating=separating),
         "sankey",
         caption="Links are coloured by true class; anomaly classes in reds and oranges. "
                 "Training, held-out and anomaly inputs are all included.",
@@ -297,7 +301,78 @@ def _clusters(exp, page, max_clusters, images_per_cluster):
     return "\n".join(parts)
 
 
-def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12):
+def _findings(analysis):
+    items = "".join(f"<li>{_e(s)}</li>" for s in analysis["findings"])
+    return f'<section id="findings" class="findings"><h2>Findings</h2><ul>{items}</ul></section>'
+
+
+def _table(header, rows):
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _questions(exp, page, analysis):
+    names = exp.class_names
+    parts = ['<h2 id="questions">The three questions</h2>', "<h3>1. Which neurons fire for which class</h3>"]
+    for layer in exp.layers:
+        s = analysis["neurons"][layer]
+        parts.append(page.figure(
+            _fig.neuron_heatmap(s["means"], s["class_names"], order=s["order"], dead=s["dead"],
+                                title=f"{layer}: mean activation per neuron and class"),
+            "neurons", layer=layer,
+            caption=f"{s['n_dead']} of {len(s['active_fraction'])} neurons never fire; neurons grouped by the "
+                    "class they prefer, most selective first."))
+        rows = []
+        for c, neurons in s["signatures"].items():
+            for n in neurons[:3]:
+                rows.append([names[int(c)], f"n{n['neuron']}", f"{n['auroc']:.3f}", f"{n['cohens_d']:.2f}"])
+        parts.append(_table(["class", "signature neuron", "AUROC", "Cohen's d"], rows))
+
+    sig = analysis["signatures"]
+    parts.append("<h3>2. Does each class leave a characteristic signature</h3>")
+    parts.append(_table(["class", "inputs", "paths", "dominant path share", "path entropy (bits)"], [
+        [names[int(c)], i["n"], i["n_paths"], f"{i['dominant_share']:.1%}", f"{i['entropy']:.2f}"]
+        for c, i in sig["classes"].items()]))
+    parts.append(f"<p>Paths are {sig['overall_purity']:.1%} pure (share of inputs whose path's majority class is "
+                 "their own).</p>")
+    if sig.get("stability"):
+        parts.append(_table(["layer", "K", "ARI across k-means seeds (mean / min)", "ARI across bootstraps (mean / min)"],
+                            [[layer, s["k"], f"{s['seed_ari_mean']:.3f} / {s['seed_ari_min']:.3f}",
+                              f"{s['boot_ari_mean']:.3f} / {s['boot_ari_min']:.3f}"]
+                             for layer, s in sig["stability"].items()]))
+
+    sep = analysis["separation"]
+    parts.append("<h3>3. From which layer do the classes separate</h3>")
+    parts.append(f"<p>{_e(sep['reason'])}</p>")
+    parts.append(f'<div class="row even"><div>'
+                 + page.figure(_fig.separation_panel(sep["table"], separating=sep["first_layer"]), "separation")
+                 + "</div><div>"
+                 + page.figure(_fig.cka_heatmap(sep["cka"], exp.layers), "cka")
+                 + "</div></div>")
+
+    anomaly = analysis.get("anomaly")
+    if anomaly and anomaly.get("auroc"):
+        parts.append("<h3>Unseen inputs, calibrated</h3>")
+        au = anomaly["auroc"]["auroc"]
+        exits = {names[int(c)]: e["shares"] for c, e in anomaly["exit_summary"]["unseen"].items()}
+        counts = {k: {(None if layer == "never" else layer): v for layer, v in shares.items()}
+                  for k, shares in exits.items()}
+        parts.append(f'<div class="row even"><div>'
+                     + page.figure(_fig.auroc_bars({"distance p-value": au["pvalue"], "path rarity": au["path_rarity"],
+                                                    "max softmax (baseline)": au["msp"]}), "anomaly-auroc")
+                     + "</div><div>"
+                     + page.figure(_fig.exit_layers(counts, exp.layers,
+                                                    title="Share of each unseen class first leaving the known "
+                                                          "clusters at each layer"), "exit-layers")
+                     + "</div></div>")
+        calib = ", ".join(f"{layer} {v:.1%}" for layer, v in anomaly["calibration"].items())
+        parts.append(f"<p>Calibration: share of held-out trained inputs with p &lt; {analysis['alpha']} per layer "
+                     f"(near {analysis['alpha']:.0%} when calibrated): {_e(calib)}.</p>")
+    return "\n".join(parts)
+
+
+def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12, analysis=None):
     """The HTML report of an experiment, as a string.
 
     Parameters
@@ -310,6 +385,8 @@ def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12):
         Most images drawn per cluster (a seeded random sample of its members).
     max_paths : int
         Rows of the table of most common paths.
+    analysis : dict, optional
+        :func:`signatures.analysis.analyze` of ``exp``; computed when not given.
 
     Returns
     -------
@@ -322,12 +399,18 @@ def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12):
             raise ValueError(f"{what} must be a positive integer, got {value!r}")
     from plotly.offline import get_plotlyjs
 
+    if analysis is None:
+        from .analysis import analyze
+
+        analysis = analyze(exp)
     page = _Page()
     body = "\n".join([
         _header(exp),
+        _findings(analysis),
         _accuracy(exp, page),
         _layers(exp, page),
-        _paths(exp, page, int(max_paths)),
+        _paths(exp, page, int(max_paths), separating=analysis["separation"]["first_layer"]),
+        _questions(exp, page, analysis),
         _clusters(exp, page, int(max_clusters), int(images_per_cluster)),
     ])
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in exp.timings.items())
@@ -352,7 +435,7 @@ def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12):
 """
 
 
-def write_report(exp, path, *, max_clusters=4, images_per_cluster=20, max_paths=12):
+def write_report(exp, path, *, max_clusters=4, images_per_cluster=20, max_paths=12, analysis=None):
     """Write the report of ``exp`` to ``path``, atomically.
 
     Parameters
@@ -373,7 +456,7 @@ def write_report(exp, path, *, max_clusters=4, images_per_cluster=20, max_paths=
     if path.is_dir():
         path = path / "report.html"
     text = render_report(exp, max_clusters=max_clusters, images_per_cluster=images_per_cluster,
-                         max_paths=max_paths)
+                         max_paths=max_paths, analysis=analysis)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file_atomic(path, text)
     return path

@@ -324,6 +324,8 @@ def test_cka_heatmap_and_auroc_bars_and_exit_layers():
     ex = figures.exit_layers({"3": {"h1": 5, None: 2}, "4": {"h2": 3}}, ["h1", "h2"])
     assert [t.name for t in ex.data] == ["3", "4"]
     assert list(ex.data[0].y) == [5, 0, 2] and list(ex.data[0].x) == ["h1", "h2", "never"]
+    shares = figures.exit_layers({"3": {"h1": 0.55, None: 0.38}}, ["h1", "h2"])
+    assert list(shares.data[0].y) == [0.55, 0.0, 0.38]  # shares are kept, not truncated
 
 
 def test_sankey_highlight_column():
