@@ -160,3 +160,14 @@ def test_builder_single_digit_shows_the_error(site, page):
     assert page.locator("button:has-text('Run')").is_enabled()
     assert sorted(p.name for p in site["store"].iterdir() if not p.name.startswith(".")) in (
         ["small-1v7"], ["from-browser", "small-1v7"])
+
+
+def test_layers_and_neurons_page(site, page):
+    page.goto(site["url"] + "voila/render/layers.ipynb?experiment=small-1v7", timeout=120_000)
+    page.wait_for_selector(".sig-findings li", timeout=120_000)
+    assert "separate from layer" in page.inner_text(".sig-findings")
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 6", timeout=60_000)
+    assert_plots_have_height(page)
+    titles = " | ".join(plot_titles(page))
+    for words in ("separates the classes", "Linear CKA", "mean activation per neuron", "AUROC"):
+        assert words in titles

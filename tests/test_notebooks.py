@@ -59,3 +59,11 @@ def test_builder_notebook_runs_a_small_experiment(tmp_path):
     ], {"SIGNATURES_STORE": str(tmp_path)})
     assert "ran True True" in outputs(nb)
     assert [m["name"] for m in list_experiments(tmp_path)] == ["from-notebook"]
+
+
+def test_layers_notebook(small_experiment, tmp_path):
+    save_experiment(small_experiment, tmp_path / "small", save_model=False)
+    nb = execute("layers.ipynb", [
+        "print('findings', len(app.analysis['findings']), app.layer.value)",
+    ], {"SIGNATURES_STORE": str(tmp_path), "QUERY_STRING": "experiment=small"})
+    assert "findings" in outputs(nb) and small_experiment.layers[-1] in outputs(nb)

@@ -145,3 +145,25 @@ def test_every_shown_figure_has_a_height(store):
     view = GalleryApp(store).select("small")
     for name in view.VIEWS:
         assert view.boxes[name].outputs[0]["data"]["application/vnd.plotly.v1+json"]["layout"]["height"] > 200
+
+
+def test_layers_app_answers_for_a_stored_experiment(store):
+    from signatures.widgets import LayersApp
+
+    app = LayersApp(store)
+    analysis = app.select_from_query("experiment=small")
+    assert analysis is not None and app.picker.value == "small"
+    assert "separate from layer" in html.unescape(app.findings.value)
+    assert (store / "small" / "analysis.json").is_file()  # computed once, kept with the experiment
+    for name in ("separation", "cka", "heatmap", "images", "auroc", "exits"):
+        assert app.boxes[name].outputs, name
+    layer = app.layer.value
+    kinds = {v[0] for _, v in app.subject.options}
+    assert kinds == {"class", "cluster", "unseen"}
+    cluster = next(v for _, v in app.subject.options if v[0] == "cluster")
+    app.subject.value = cluster
+    assert f"cluster c{cluster[1]} against the rest of {layer}" in html.unescape(app.signature_table.value)
+    app.layer.value = app.experiment.layers[0]
+    heat = app.boxes["heatmap"].outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    assert app.experiment.layers[0] in heat["layout"]["title"]["text"]
+    assert app.select("nothing") is None and "no stored experiment named 'nothing'" in html.unescape(app.message.value)
