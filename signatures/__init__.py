@@ -40,6 +40,7 @@ _EXPORTS = {
     "list_experiments": "store",
     "write_report": "report",
     "render_report": "report",
+    "analyze": "analysis",
 }
 
 __all__ = ["__version__", *_EXPORTS]

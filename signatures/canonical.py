@@ -56,6 +56,7 @@ def build_canonical(store, *, data_dir=None, only=None, overwrite=False, progres
     """
     from dataclasses import replace
 
+    from .analysis import load_or_analyze
     from .data import DataUnavailableError
     from .experiment import run_experiment
     from .report import write_report
@@ -84,6 +85,6 @@ def build_canonical(store, *, data_dir=None, only=None, overwrite=False, progres
             outcome[base.name] = f"not built: {exc}"
             continue
         save_experiment(exp, path, overwrite=overwrite)
-        write_report(exp, path / "report.html")
+        write_report(exp, path / "report.html", analysis=load_or_analyze(exp, path))
         outcome[base.name] = f"built in {time.perf_counter() - start:.0f} s"
     return outcome

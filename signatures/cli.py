@@ -59,10 +59,14 @@ def _cmd_run(args):
         raise FileNotFoundError(f"model file {str(args.model)!r} does not exist")
     exp = run_experiment(config, progress=None if args.quiet else print_progress)
     save_experiment(exp, out, overwrite=args.overwrite)
+    from .analysis import load_or_analyze
     from .report import write_report
 
-    report = write_report(exp, out / "report.html")
+    analysis = load_or_analyze(exp, out)
+    report = write_report(exp, out / "report.html", analysis=analysis)
     print(f"held-out accuracy {exp.metrics['accuracy']:.4f}")
+    for sentence in analysis["findings"]:
+        print(f"  - {sentence}")
     for name, est in exp.clusterers.items():
         extra = f" ({est.status_}: {est.note_})" if est.status_ != "ok" else ""
         print(f"  {name}: K = {est.k_}{extra}")
@@ -75,8 +79,10 @@ def _cmd_report(args):
     from .report import write_report
     from .store import load_experiment
 
+    from .analysis import load_or_analyze
+
     exp = load_experiment(args.folder)
-    out = write_report(exp, Path(args.folder) / "report.html")
+    out = write_report(exp, Path(args.folder) / "report.html", analysis=load_or_analyze(exp, args.folder))
     print(f"wrote {out}")
     return 0
 

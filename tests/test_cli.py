@@ -65,7 +65,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_run_writes_a_complete_experiment(run_dir):
-    assert {p.name for p in run_dir.iterdir()} == {"manifest.json", "arrays.npz", "model.keras", "report.html"}
+    assert {p.name for p in run_dir.iterdir()} == {"manifest.json", "arrays.npz", "model.keras", "report.html",
+                                                  "analysis.json"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["complete"] and manifest["config"]["digits"] == [1, 7]
     assert manifest["layers"] == ["hidden_1", "hidden_2"]
@@ -131,3 +132,16 @@ def test_existing_output_is_left_alone(run_dir, capsys):
     assert main(["run", "--out", str(run_dir), "--quiet"]) == 2
     assert "exists already" in capsys.readouterr().err
     assert (run_dir / "manifest.json").read_bytes() == before
+
+
+def test_report_states_a_separating_layer_and_a_path_purity(run_dir):
+    import re
+
+    text = (run_dir / "report.html").read_text(encoding="utf-8")
+    findings = text[text.index('id="findings"'):text.index('id="accuracy"')]
+    layer = re.search(r"separate from layer (hidden_\d)", findings)
+    assert layer and layer.group(1) in ("hidden_1", "hidden_2")
+    purity = re.search(r"paths are (\d+\.\d)% pure", findings)
+    assert purity and 50.0 <= float(purity.group(1)) <= 100.0
+    stored = json.loads((run_dir / "analysis.json").read_text())
+    assert stored["separation"]["first_layer"] == layer.group(1)
