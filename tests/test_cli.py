@@ -58,7 +58,7 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "1v7"
     status = main([
         "run", "--digits", "1", "7", "--anomalies", "3", "4", "--hidden", "16", "8", "--n-per-class", "120",
-        "--epochs", "2", "--k-max", "6", "--umap-points", "250", "--out", str(out), "--quiet",
+        "--epochs", "6", "--k-max", "6", "--umap-points", "250", "--out", str(out), "--quiet",
     ])
     assert status == 0
     return out
