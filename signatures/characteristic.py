@@ -649,27 +649,12 @@ def compare_runs(ref, run, *, top=10):
 def _retrained_model(config, seed, dataset, progress):
     """A model of ``config``'s architecture trained with ``seed`` on ``config``'s own training rows.
 
-    Mirrors the data and model steps of :func:`signatures.experiment.run_experiment`, with only
-    the model's seed changed. Imports TensorFlow.
+    The data and model steps of :func:`signatures.experiment.run_experiment`, with only the
+    model's seed changed. Imports TensorFlow.
     """
-    from . import data as _data
-    from . import models as _models
+    from .experiment import build_and_train, prepare_subset
 
-    unseen = config.anomalies
-    if config.all_unseen:
-        unseen = tuple(c for c in range(len(dataset.class_names)) if c not in config.digits)
-    subset = _data.prepare(
-        dataset, config.digits, n_per_class=config.n_per_class, anomalies=unseen, test_size=config.test_size,
-        flatten=config.arch == "mlp", random_state=config.seed,
-    )
-    if config.arch == "mlp":
-        model = _models.build_mlp(subset.X_train.shape[1], len(subset.classes), hidden=config.hidden,
-                                  activation=config.activation, seed=seed)
-    else:
-        model = _models.build_cnn(subset.X_train.shape[1:], len(subset.classes), filters=config.filters,
-                                  dense=config.hidden, activation=config.activation, seed=seed)
-    _models.train(model, subset.X_train, subset.Y_train, epochs=config.epochs, batch_size=config.batch_size,
-                  seed=seed, progress=progress)
+    model, _ = build_and_train(config, prepare_subset(config, dataset), seed=seed, progress=progress)
     return model
 
 

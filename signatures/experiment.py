@@ -361,6 +361,45 @@ class Experiment:
         return _paths.assign_paths(self.clusterers, hidden)
 
 
+def prepare_subset(config, dataset, *, flatten=None):
+    """The :class:`~signatures.data.Subset` of ``dataset`` that ``config`` describes.
+
+    Unseen classes are ``config.anomalies``, or every class not trained on when
+    ``config.all_unseen``. ``flatten`` defaults to the architecture (flat rows for an MLP).
+    """
+    from . import data as _data
+
+    unseen = config.anomalies
+    if config.all_unseen:
+        unseen = tuple(c for c in range(len(dataset.class_names)) if c not in config.digits)
+    return _data.prepare(
+        dataset, config.digits, n_per_class=config.n_per_class, anomalies=unseen, test_size=config.test_size,
+        flatten=config.arch == "mlp" if flatten is None else flatten, random_state=config.seed,
+    )
+
+
+def build_and_train(config, subset, *, seed=None, progress=None):
+    """Build ``config``'s network and train it on ``subset`` (imports TensorFlow).
+
+    ``seed`` (default ``config.seed``) seeds the weights and the training only; the data
+    are ``subset``'s. Returns ``(model, history)``.
+    """
+    from . import models as _models
+
+    seed = config.seed if seed is None else seed
+    if config.arch == "mlp":
+        model = _models.build_mlp(subset.X_train.shape[1], len(subset.classes), hidden=config.hidden,
+                                  activation=config.activation, seed=seed)
+    else:
+        model = _models.build_cnn(subset.X_train.shape[1:], len(subset.classes), filters=config.filters,
+                                  dense=config.hidden, activation=config.activation, seed=seed)
+    if progress:
+        progress("training", 0.0, f"training {model.name} for {config.epochs} epochs")
+    history = _models.train(model, subset.X_train, subset.Y_train, epochs=config.epochs,
+                            batch_size=config.batch_size, seed=seed, progress=progress)
+    return model, history
+
+
 def print_progress(stage, fraction, message):
     """A progress callback for terminals: ``[stage  42%] message``."""
     print(f"[{stage:<10} {fraction:4.0%}] {message}", flush=True)
@@ -418,13 +457,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None):
         flatten = len(model.inputs[0].shape) == 2
     else:
         flatten = config.arch == "mlp"
-    unseen = config.anomalies
-    if config.all_unseen:
-        unseen = tuple(c for c in range(len(dataset.class_names)) if c not in config.digits)
-    subset = _data.prepare(
-        dataset, config.digits, n_per_class=config.n_per_class, anomalies=unseen,
-        test_size=config.test_size, flatten=flatten, random_state=config.seed,
-    )
+    subset = prepare_subset(config, dataset, flatten=flatten)
     if model is not None:
         _models.check_input_shape(model, subset.X_train)
         n_out = model.outputs[0].shape[-1]
@@ -439,15 +472,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None):
 
     history = {}
     if model is None:
-        if config.arch == "mlp":
-            model = _models.build_mlp(subset.X_train.shape[1], len(subset.classes), hidden=config.hidden,
-                                      activation=config.activation, seed=config.seed)
-        else:
-            model = _models.build_cnn(subset.X_train.shape[1:], len(subset.classes), filters=config.filters,
-                                      dense=config.hidden, activation=config.activation, seed=config.seed)
-        report("training", 0.0, f"training {model.name} for {config.epochs} epochs")
-        history = _models.train(model, subset.X_train, subset.Y_train, epochs=config.epochs,
-                                batch_size=config.batch_size, seed=config.seed, progress=report)
+        model, history = build_and_train(config, subset, progress=report)
     else:
         report("training", 1.0, f"using the given model {model.name!r}; no training")
     lap("training")
