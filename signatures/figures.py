@@ -167,21 +167,27 @@ def umap_scatter(embedding, color, *, names=None, anomaly_groups=(), symbols=Non
     order = [g for g in present if g not in anomalies] + [g for g in present if g in anomalies]
     colors = group_colors(present, anomalies)
     fig = go.Figure()
+    row_symbols = np.asarray(symbols, dtype=object) if per_row_symbols else None
+    hover = None if hover is None else np.asarray(hover, dtype=object)
     for g in order:
         rows = np.flatnonzero(keep & (color == g))
         if per_row_symbols:
-            symbol = np.asarray(symbols)[rows].tolist()
+            # One trace per symbol, sharing the group's legend entry: a per-point symbol list
+            # costs plotly a validation per point (~75 ms for 4,000 points, against 4 ms).
+            parts = [(s, rows[row_symbols[rows] == s]) for s in dict.fromkeys(row_symbols[rows].tolist())]
         elif isinstance(symbols, dict) and g in symbols:
-            symbol = symbols[g]
+            parts = [(symbols[g], rows)]
         else:
-            symbol = "x" if g in anomalies else "circle"
-        fig.add_trace(go.Scatter(
-            x=embedding[rows, 0], y=embedding[rows, 1], mode="markers", name=str(names.get(g, g)),
-            marker=dict(color=colors[g], size=marker_size + (1 if g in anomalies else 0), symbol=symbol,
-                        opacity=0.9 if g in anomalies else 0.7, line=dict(width=0)),
-            text=None if hover is None else np.asarray(hover, dtype=object)[rows].tolist(),
-            hovertemplate="%{text}<extra></extra>" if hover is not None else None,
-        ))
+            parts = [("x" if g in anomalies else "circle", rows)]
+        for i, (symbol, part) in enumerate(parts):
+            fig.add_trace(go.Scatter(
+                x=embedding[part, 0], y=embedding[part, 1], mode="markers", name=str(names.get(g, g)),
+                legendgroup=str(g), showlegend=i == 0,
+                marker=dict(color=colors[g], size=marker_size + (1 if g in anomalies else 0), symbol=symbol,
+                            opacity=0.9 if g in anomalies else 0.7, line=dict(width=0)),
+                text=None if hover is None else hover[part].tolist(),
+                hovertemplate="%{text}<extra></extra>" if hover is not None else None,
+            ))
     fig.update_xaxes(showticklabels=False, title=None, zeroline=False)
     fig.update_yaxes(showticklabels=False, title=None, zeroline=False, scaleanchor="x", scaleratio=1)
     return _layout(fig, title, height=520, legend=dict(itemsizing="constant"))

@@ -275,6 +275,10 @@ def _url_host(address):
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
+#: Seconds after which the kernel of a page that is no longer open is stopped.
+CULL_IDLE_S = 600
+
+
 def voila_args(*, port=8866, address="127.0.0.1", pool_size=1, preheat=True, open_browser=False,
                extra_args=()):
     """The command line :func:`serve` gives :class:`SignaturesVoila`.
@@ -310,6 +314,11 @@ def voila_args(*, port=8866, address="127.0.0.1", pool_size=1, preheat=True, ope
         f"--TagRemovePreprocessor.remove_cell_tags={SKIP_TAG}",
         f"--preheat_kernel={preheat}",
         f"--pool_size={pool_size if preheat else 0}",
+        # Voilà's shutdown request from a closing tab is refused here (xsrf), so idle kernels of
+        # closed pages are culled; connected pages and the preheated pool are kept.
+        f"--MappingKernelManager.cull_idle_timeout={CULL_IDLE_S}",
+        "--MappingKernelManager.cull_interval=60",
+        "--MappingKernelManager.cull_connected=False",
     ]
     if not open_browser:
         args.append("--no-browser")

@@ -153,9 +153,19 @@ def test_umap_scatter_takes_per_row_symbols_and_hover():
     symbols = np.where(color == 3, "x", "circle")
     hover = np.array([f"row {i}" for i in range(len(color))])
     fig = figures.umap_scatter(emb, color, symbols=symbols, hover=hover)
-    t3 = next(t for t in fig.data if t.name == "3")
-    assert list(t3.marker.symbol) == ["x", "x", "x"]
+    (t3,) = [t for t in fig.data if t.name == "3"]
+    assert t3.marker.symbol == "x" and len(t3.x) == 3  # one symbol per trace, not per point
     assert list(t3.text) == ["row 6", "row 7", "row 8"]
+    mixed = np.where(np.arange(len(color)) % 2 == 0, "x", "circle")
+    fig = figures.umap_scatter(emb, color, symbols=mixed, hover=hover)
+    drawn = np.isfinite(emb).all(axis=1)
+    for group in (1, 7, 3):  # group 5 has no projected row
+        traces = [t for t in fig.data if t.name == str(group)]
+        assert [t.showlegend for t in traces].count(True) == 1  # one legend entry per group
+        rows = sorted(int(s.split()[1]) for t in traces for s in t.text)
+        assert rows == np.flatnonzero((color == group) & drawn).tolist()
+        for t in traces:
+            assert all(mixed[int(s.split()[1])] == t.marker.symbol for s in t.text)
 
 
 def test_umap_scatter_with_nothing_projected_is_an_empty_figure_that_says_so():

@@ -173,6 +173,7 @@ def test_notebook_pages_get_the_top_bar_and_no_cdn(monkeypatch):
 def test_voila_args():
     args = site.voila_args()
     assert args[0] == str(site.notebooks_root())
+    assert f"--MappingKernelManager.cull_idle_timeout={site.CULL_IDLE_S}" in args  # closed pages free their kernels
     for arg in ("--template=signatures", "--Voila.ip=127.0.0.1", "--port=8866", "--no-browser",
                 "--show_tracebacks=False", "--preheat_kernel=True", "--pool_size=1",
                 "--TagRemovePreprocessor.remove_cell_tags=skip-voila"):
