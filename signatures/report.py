@@ -28,7 +28,7 @@ __all__ = ["render_report", "write_report", "FIGURE_KINDS"]
 
 #: The ``data-figure`` values a report uses.
 FIGURE_KINDS = ("confusion", "training", "silhouette", "umap", "sankey", "cluster-images", "neurons",
-                "separation", "cka", "anomaly-auroc", "exit-layers")
+                "separation", "cka", "anomaly-auroc", "exit-layers", "crossovers")
 
 _CSS = """
 :root { --ink: #222; --muted: #666; --line: #e3e3e3; --accent: #1f77b4; --warn: #d62728; }
@@ -336,6 +336,15 @@ def _questions(exp, page, analysis):
         for c, i in sig["classes"].items()]))
     parts.append(f"<p>Paths are {sig['overall_purity']:.1%} pure (share of inputs whose path's majority class is "
                  "their own).</p>")
+    cross = sig["crossovers"]["rows"][:30]
+    if cross:
+        titles = [f"{names[exp.labels[r]]} on {names[int(c)]}'s path"
+                  for r, c in zip(cross, sig["crossovers"]["dominant_class"][:30])]
+        parts.append(page.figure(_fig.image_grid(exp.images[cross], titles=titles, ncols=10,
+                                                 title="Inputs that take another class's dominant path"),
+                                 "crossovers", caption=f"{len(sig['crossovers']['rows'])} in all; up to 30 shown."))
+    else:
+        parts.append(page.figure(None, "crossovers", note="No input takes another class's dominant path."))
     if sig.get("stability"):
         parts.append(_table(["layer", "K", "ARI across k-means seeds (mean / min)", "ARI across bootstraps (mean / min)"],
                             [[layer, s["k"], f"{s['seed_ari_mean']:.3f} / {s['seed_ari_min']:.3f}",

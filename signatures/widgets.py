@@ -97,6 +97,8 @@ class ExperimentView:
         Just run, or loaded from the store.
     anomalies : sequence of int, optional
         Unseen classes inserted at first; default ``exp.anomalies``.
+    analysis : dict, optional
+        :func:`signatures.analysis.analyze` of ``exp``: its findings are shown under the title.
 
     Attributes
     ----------
@@ -108,8 +110,9 @@ class ExperimentView:
     IMAGES = 40
     VIEWS = ("confusion", "training", "sankey", "umap", "silhouette", "images")
 
-    def __init__(self, exp, *, anomalies=None):
+    def __init__(self, exp, *, anomalies=None, analysis=None):
         self.exp = exp
+        self.analysis = analysis
         self._figures = {}
         self._bundles = {}
         self._widget = None
@@ -251,8 +254,10 @@ class ExperimentView:
             f"held-out accuracy <b>{exp.metrics['accuracy']:.2%}</b> · {html.escape(ks)}</p>"
         )
         b = self.boxes
+        findings = W.HTML(_findings_html(self.analysis) if self.analysis else "")
         self._widget = W.VBox([
             header,
+            findings,
             W.HBox([W.Box([b["confusion"]], layout=W.Layout(width="50%")),
                     W.Box([b["training"]], layout=W.Layout(width="50%"))]),
             W.HTML("<h3>Cluster paths</h3><p>Inputs flow from each layer's clusters to the predicted class; "
@@ -330,12 +335,19 @@ class GalleryApp:
                 "<code>python -m signatures canonical</code> or the Builder page.</p>")
         return self
 
+    def _view(self, name):
+        from .analysis import load_or_analyze
+
+        folder = Path(self.manifests[name]["path"])
+        exp = load_experiment(folder)
+        return ExperimentView(exp, analysis=load_or_analyze(exp, folder))
+
     def preload(self, names=None):
         """Load experiments and build all their figures now (Voilà runs this while preheating)."""
         for name in names if names is not None else list(self.manifests):
             if name in self.manifests and name not in self._views:
                 try:
-                    self._views[name] = ExperimentView(load_experiment(Path(self.manifests[name]["path"]))).warm()
+                    self._views[name] = self._view(name).warm()
                 except (ValueError, FileNotFoundError) as exc:
                     self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
         return self
@@ -352,7 +364,7 @@ class GalleryApp:
         try:
             if name not in self._views:
                 start = time.perf_counter()
-                self._views[name] = ExperimentView(load_experiment(Path(self.manifests[name]["path"])))
+                self._views[name] = self._view(name)
                 self._views[name].load_seconds = time.perf_counter() - start
         except (ValueError, FileNotFoundError) as exc:
             self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
@@ -656,7 +668,7 @@ class LayersApp:
         self.retrain_progress = W.FloatProgress(min=0, max=1, layout=W.Layout(width="300px"))
         self.retrain_result = W.HTML()
         self.boxes = {v: W.Output(layout=W.Layout(width="100%")) for v in (
-            "separation", "cka", "heatmap", "images", "auroc", "exits")}
+            "separation", "cka", "heatmap", "images", "auroc", "exits", "crossovers")}
         self.signature_table = W.HTML()
         self.separation_reason = W.HTML()
         b = self.boxes
@@ -669,6 +681,7 @@ class LayersApp:
             W.HBox([self.layer, self.subject]),
             W.HBox([W.Box([b["heatmap"]], layout=W.Layout(width="50%")),
                     W.VBox([self.signature_table, b["images"]], layout=W.Layout(width="50%"))]),
+            W.HTML("<h3>Does each class leave a characteristic signature</h3>"), b["crossovers"],
             W.HTML("<h3>Unseen inputs, calibrated</h3>"),
             W.HBox([W.Box([b["auroc"]], layout=W.Layout(width="50%")),
                     W.Box([b["exits"]], layout=W.Layout(width="50%"))]),
@@ -722,12 +735,12 @@ class LayersApp:
         self.experiment, self.message.value = exp, ""
         self._set(self.picker, value=name)
         a = self.analysis
-        self.findings.value = ("<h2 class='sig-title'>Findings</h2><ul class='sig-findings'>"
-                               + "".join(f"<li>{html.escape(s)}</li>" for s in a["findings"]) + "</ul>")
+        self.findings.value = "<h2 class='sig-title'>Findings</h2>" + _findings_html(a)
         sep = a["separation"]
         self.separation_reason.value = f"<p>{html.escape(sep['reason'])}</p>"
         self.boxes["separation"].outputs = (_mime_output(F.separation_panel(sep["table"], separating=sep["first_layer"])),)
         self.boxes["cka"].outputs = (_mime_output(F.cka_heatmap(sep["cka"], exp.layers)),)
+        self.boxes["crossovers"].outputs = (_mime_output(_crossover_grid(exp, a)),)
         an = a.get("anomaly")
         if an and an.get("auroc"):
             au = an["auroc"]["auroc"]
@@ -819,6 +832,23 @@ class LayersApp:
             "<table class='sig-table'><tr><th>layer</th><th>ARI mean</th><th>ARI min</th></tr>" + rows + "</table>"
             f"<p>Paths agree for {summary['path_agreement_mean']:.1%} of the inputs after matching clusters.</p>")
         return summary
+
+
+def _crossover_grid(exp, analysis, *, limit=30):
+    """Image grid of the inputs that take another class's dominant path."""
+    cross = analysis["signatures"]["crossovers"]
+    rows, towards = cross["rows"][:limit], cross["dominant_class"][:limit]
+    names = exp.class_names
+    titles = [f"{names[exp.labels[r]]} on {names[int(c)]}'s path" for r, c in zip(rows, towards)]
+    return F.image_grid(exp.images[rows] if rows else np.zeros((0, *exp.images.shape[1:]), dtype=np.uint8),
+                        titles=titles, ncols=10,
+                        title=f"Inputs on another class's dominant path: {len(cross['rows'])} "
+                              f"({analysis['signatures']['overall_purity']:.1%} of paths are pure)")
+
+
+def _findings_html(analysis):
+    return ("<ul class='sig-findings'>" + "".join(f"<li>{html.escape(s)}</li>" for s in analysis["findings"])
+            + "</ul>")
 
 
 def build_layers(store=None):

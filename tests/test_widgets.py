@@ -167,3 +167,19 @@ def test_layers_app_answers_for_a_stored_experiment(store):
     heat = app.boxes["heatmap"].outputs[0]["data"]["application/vnd.plotly.v1+json"]
     assert app.experiment.layers[0] in heat["layout"]["title"]["text"]
     assert app.select("nothing") is None and "no stored experiment named 'nothing'" in html.unescape(app.message.value)
+
+
+def test_gallery_opens_with_the_findings_and_anomaly_auroc(store):
+    view = GalleryApp(store).select("small")
+    text = html.unescape(view.widget.children[1].value)
+    assert "separate from layer" in text and "max-softmax baseline" in text
+
+
+def test_layers_app_shows_the_inputs_on_another_class_path(store):
+    from signatures.widgets import LayersApp
+
+    app = LayersApp(store)
+    app.select("small")
+    grid = app.boxes["crossovers"].outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    n = len(app.analysis["signatures"]["crossovers"]["rows"])
+    assert f"dominant path: {n} " in grid["layout"]["title"]["text"]
