@@ -35,6 +35,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from _common import table, verdict  # noqa: E402  (bench/ is on sys.path when run)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "core.json"
@@ -90,17 +91,6 @@ def load():
     return list(os.getloadavg())
 
 
-def verdict(ok):
-    return "PASS" if ok else "MISS"
-
-
-def table(title, header, rows):
-    """Print a plain text table; ``rows`` are lists of already formatted cells."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = "  ".join("-" * w for w in widths)
-    print(f"\n{title}\n{line}")
-    print("  ".join(str(c).ljust(w) for c, w in zip(header, widths)))
-    print(line)
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
     print(line)

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _common import table, verdict  # noqa: E402  (bench/ is on sys.path when run)
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -99,16 +100,6 @@ def summary(values):
             "min_ms": round(min(values), 2)}
 
 
-def verdict(ok):
-    return "PASS" if ok else "MISS"
-
-
-def table(title, header, rows):
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = "  ".join("-" * w for w in widths)
-    print(f"\n{title}\n{line}")
-    print("  ".join(str(c).ljust(w) for c, w in zip(header, widths)))
-    print(line)
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
     print(line, flush=True)
