@@ -91,11 +91,6 @@ def load():
     return list(os.getloadavg())
 
 
-    for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
-    print(line)
-
-
 def scaled(images, flatten=True):
     X = images.astype(np.float32) / np.float32(255.0)
     return X.reshape(len(X), -1) if flatten else X[..., np.newaxis]

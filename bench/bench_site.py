@@ -100,11 +100,6 @@ def summary(values):
             "min_ms": round(min(values), 2)}
 
 
-    for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
-    print(line, flush=True)
-
-
 def say(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 

@@ -14,8 +14,6 @@ progress-reporting action (:func:`signatures.characteristic.retrained_stability`
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from . import anomaly as _anomaly
 from . import characteristic as _char
 from . import neurons as _neurons
 from . import separation as _sep
+from .store import write_file_atomic
 
 __all__ = ["analyze", "findings", "load_or_analyze", "ANALYSIS_FILE"]
 
@@ -226,9 +225,5 @@ def load_or_analyze(exp, folder=None, *, progress=None):
                 pass
     result = analyze(exp, progress=progress)
     if folder is not None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{ANALYSIS_FILE}.", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(result, fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, Path(folder) / ANALYSIS_FILE)
+        write_file_atomic(Path(folder) / ANALYSIS_FILE, json.dumps(result))
     return result

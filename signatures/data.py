@@ -360,14 +360,19 @@ def one_hot(y, classes):
     return out
 
 
-def _check_classes(values, known, what):
+def check_classes(values, known, what, *, context=""):
+    """Sorted tuple of distinct class labels, each in ``known``; ValueError naming the bad ones.
+
+    ``context`` (e.g. ``"for mnist"``) is added to the range message.
+    """
     try:
         values = [int(v) for v in values]
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be integers, got {values!r}") from None
     bad = [v for v in values if v not in known]
     if bad:
-        raise ValueError(f"{what} must be in {min(known)}..{max(known)}, got {bad}")
+        where = f" {context}" if context else ""
+        raise ValueError(f"{what} must be in {min(known)}..{max(known)}{where}, got {bad}")
     dupes = sorted({v for v in values if values.count(v) > 1})
     if dupes:
         raise ValueError(f"{what} lists {dupes} more than once")
@@ -418,10 +423,10 @@ def prepare(
     Subset
     """
     known = set(range(len(dataset.class_names)))
-    classes = _check_classes(classes, known, "classes")
+    classes = check_classes(classes, known, "classes")
     if len(classes) < 2:
         raise ValueError(f"need at least 2 classes to train on, got {list(classes)}")
-    anomalies = _check_classes(anomalies, known, "anomalies")
+    anomalies = check_classes(anomalies, known, "anomalies")
     both = sorted(set(classes) & set(anomalies))
     if both:
         raise ValueError(f"classes {both} are both trained and anomalies; an anomaly must be unseen in training")

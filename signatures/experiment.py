@@ -27,7 +27,7 @@ import numpy as np
 from . import paths as _paths
 from ._checks import check_activation, parse_hidden
 from .clustering import check_k_range
-from .data import DATASETS
+from .data import DATASETS, check_classes
 
 __all__ = ["ExperimentConfig", "Experiment", "run_experiment", "SPLITS", "print_progress"]
 
@@ -115,15 +115,9 @@ class ExperimentConfig:
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
 
     def _check_classes(self, what):
-        n_classes = len(DATASETS.get(self.dataset, range(10)))
-        values = tuple(sorted(_ints(getattr(self, what), what)))
-        bad = [d for d in values if not 0 <= d < n_classes]
-        if bad:
-            raise ValueError(f"{what} must be in 0..{n_classes - 1} for {self.dataset}, got {bad}")
-        dupes = sorted({d for d in values if values.count(d) > 1})
-        if dupes:
-            raise ValueError(f"{what} lists {dupes} more than once")
-        setattr(self, what, values)
+        known = set(range(len(DATASETS.get(self.dataset, range(10)))))
+        setattr(self, what, check_classes(_ints(getattr(self, what), what), known, what,
+                                          context=f"for {self.dataset}"))
 
     def _check_digits(self):
         self._check_classes("digits")

@@ -354,7 +354,7 @@ def _questions(exp, page, analysis):
     sep = analysis["separation"]
     parts.append("<h3>3. From which layer do the classes separate</h3>")
     parts.append(f"<p>{_e(sep['reason'])}</p>")
-    parts.append(f'<div class="row even"><div>'
+    parts.append('<div class="row even"><div>'
                  + page.figure(_fig.separation_panel(sep["table"], separating=sep["first_layer"]), "separation")
                  + "</div><div>"
                  + page.figure(_fig.cka_heatmap(sep["cka"], exp.layers), "cka")
@@ -367,7 +367,7 @@ def _questions(exp, page, analysis):
         exits = {names[int(c)]: e["shares"] for c, e in anomaly["exit_summary"]["unseen"].items()}
         counts = {k: {(None if layer == "never" else layer): v for layer, v in shares.items()}
                   for k, shares in exits.items()}
-        parts.append(f'<div class="row even"><div>'
+        parts.append('<div class="row even"><div>'
                      + page.figure(_fig.auroc_bars({"distance p-value": au["pvalue"], "path rarity": au["path_rarity"],
                                                     "max softmax (baseline)": au["msp"]}), "anomaly-auroc")
                      + "</div><div>"

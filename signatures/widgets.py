@@ -363,9 +363,7 @@ class GalleryApp:
             return None
         try:
             if name not in self._views:
-                start = time.perf_counter()
                 self._views[name] = self._view(name)
-                self._views[name].load_seconds = time.perf_counter() - start
         except (ValueError, FileNotFoundError) as exc:
             self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
             return None
