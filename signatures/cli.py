@@ -123,7 +123,8 @@ def _cmd_serve(args):
     print(f"serving on http://{args.address}:{args.port}/ (Ctrl-C to stop); the Builder's kernels warm up "
           "TensorFlow and UMAP in the background for about a minute after start")
     serve(port=args.port, address=args.address, store=args.store,
-          data_dir=str(args.data_dir) if args.data_dir else None, pool_size=args.pool_size)
+          data_dir=str(args.data_dir) if args.data_dir else None, pool_size=args.pool_size,
+          gallery_pool_size=args.gallery_pool_size)
     return 0
 
 
@@ -176,7 +177,11 @@ def build_parser():
     srv.add_argument("--address", default="127.0.0.1", help="address to listen on (default loopback only)")
     srv.add_argument("--store", type=Path, default=Path("runs"), help="store folder (default runs)")
     srv.add_argument("--data-dir", type=str, help="IDX folder(s) for the Builder (default: $SIGNATURES_DATA_DIR)")
-    srv.add_argument("--pool-size", type=int, default=1, help="preheated kernels kept ready per page (default 1)")
+    srv.add_argument("--pool-size", type=int, default=1,
+                     help="preheated kernels kept ready per page (default 1; a Builder kernel takes about 1 GiB)")
+    srv.add_argument("--gallery-pool-size", type=int, default=None,
+                     help="preheated kernels kept ready for the Gallery page (default twice --pool-size; "
+                          "about 300 MiB each)")
     srv.set_defaults(func=_cmd_serve)
 
     ls = sub.add_parser("list", help="list the complete experiments under a folder")

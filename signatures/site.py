@@ -6,6 +6,8 @@ placed before Voilà's. URLs, below the server's base URL (``/`` by default):
 - ``/``: the landing page, what the tool does, links to the apps and one card per stored
   experiment, read from the store on every request;
 - ``/signatures/api/experiments``: the same experiments as a JSON list;
+- ``/signatures/static/plotly.min.js``: the plotly.js of the installed ``plotly`` package,
+  which the apps' plots load once per page (:mod:`signatures.plotview`);
 - ``/voila/render/builder.ipynb``, ``/voila/render/gallery.ipynb?experiment=NAME``: the apps;
 - ``/voila/tree``: Voilà's list of the notebooks;
 - ``/voila/templates/signatures/static/...``: the template's static files.
@@ -32,6 +34,7 @@ from tornado import web
 from traitlets import Unicode, default
 from voila.app import Voila
 
+from .plotview import PLOTLY_ROUTE, PLOTS_ENV, plotly_js_path
 from .store import list_experiments
 
 __all__ = [
@@ -236,6 +239,13 @@ class ExperimentsHandler(APIHandler):
         self.finish(json.dumps(experiment_summaries(self.store)))
 
 
+class PlotlyJsHandler(web.StaticFileHandler):
+    """``GET <base>/signatures/static/plotly.min.js``: revalidated by ETag on each visit."""
+
+    def set_extra_headers(self, path):
+        self.set_header("Cache-Control", "no-cache")
+
+
 class SignaturesVoila(Voila):
     """Voilà with the site's landing page at the root URL and an experiments API.
 
@@ -257,6 +267,8 @@ class SignaturesVoila(Voila):
         ours = [
             (self.server_url, LandingHandler, {"store": store}),
             (url_path_join(self.server_url, "signatures/api/experiments"), ExperimentsHandler, {"store": store}),
+            (url_path_join(self.server_url, PLOTLY_ROUTE.rsplit("/", 1)[0], r"(plotly\.min\.js)"), PlotlyJsHandler,
+             {"path": str(plotly_js_path().parent)}),
         ]
         if self.server_url.rstrip("/"):
             ours.append((self.server_url.rstrip("/"), web.RedirectHandler, {"url": self.base_url}))
@@ -279,8 +291,19 @@ def _url_host(address):
 CULL_IDLE_S = 600
 
 
-def voila_args(*, port=8866, address="127.0.0.1", pool_size=1, preheat=True, open_browser=False,
-               extra_args=()):
+def pool_sizes(pool_size=1, gallery_pool_size=None):
+    """Preheated kernels kept per notebook: ``pool_size`` each, ``gallery_pool_size`` for the gallery.
+
+    A gallery kernel costs about 300 MiB and serves a class's first visitors at once; a
+    builder kernel costs about 1 GiB. By default the gallery keeps twice ``pool_size``.
+    """
+    pool_size = max(int(pool_size), 0)
+    gallery = 2 * pool_size if gallery_pool_size is None else max(int(gallery_pool_size), 0)
+    return {"default": {"pool_size": pool_size}, "gallery.ipynb": {"pool_size": gallery}}
+
+
+def voila_args(*, port=8866, address="127.0.0.1", pool_size=1, gallery_pool_size=None, preheat=True,
+               open_browser=False, extra_args=()):
     """The command line :func:`serve` gives :class:`SignaturesVoila`.
 
     Parameters
@@ -290,6 +313,8 @@ def voila_args(*, port=8866, address="127.0.0.1", pool_size=1, preheat=True, ope
         Interface to listen on; the default is loopback only.
     pool_size : int
         Preheated kernels kept ready per notebook.
+    gallery_pool_size : int, optional
+        Preheated kernels kept for the gallery page (default ``2 * pool_size``; see :func:`pool_sizes`).
     preheat : bool
         Keep preheated kernels at all (off when ``pool_size`` is 0).
     open_browser : bool
@@ -320,14 +345,21 @@ def voila_args(*, port=8866, address="127.0.0.1", pool_size=1, preheat=True, ope
         "--MappingKernelManager.cull_interval=60",
         "--MappingKernelManager.cull_connected=False",
     ]
+    if preheat:
+        args.append(
+            f"--VoilaKernelManager.kernel_pools_config={json.dumps(pool_sizes(pool_size, gallery_pool_size))}")
+    if os.environ.get(PLOTS_ENV, "").strip().lower() != "mime":
+        # The apps draw with their own plot widget (signatures.plotview): plotly's mime renderer
+        # would only add its 4.8 MB of JavaScript to every page.
+        args.append("--VoilaConfiguration.extension_denylist=jupyterlab-plotly")
     if not open_browser:
         args.append("--no-browser")
     args.extend(str(a) for a in extra_args)
     return args
 
 
-def serve(*, port=8866, address="127.0.0.1", store="runs", data_dir=None, pool_size=1, preheat=True,
-          open_browser=False, extra_args=()):
+def serve(*, port=8866, address="127.0.0.1", store="runs", data_dir=None, pool_size=1, gallery_pool_size=None,
+          preheat=True, open_browser=False, extra_args=()):
     """Serve the web site until interrupted (Ctrl-C or SIGTERM stop it and its kernels).
 
     Sets, for this process and the kernels it starts: ``JUPYTER_PATH`` (``voila_template``
@@ -344,8 +376,8 @@ def serve(*, port=8866, address="127.0.0.1", store="runs", data_dir=None, pool_s
         Folder(s) of IDX files for the builder's kernels (a string may join several with
         ``os.pathsep``); made absolute, since kernels run in ``notebooks/``.
     """
-    args = voila_args(port=port, address=address, pool_size=pool_size, preheat=preheat,
-                      open_browser=open_browser, extra_args=extra_args)
+    args = voila_args(port=port, address=address, pool_size=pool_size, gallery_pool_size=gallery_pool_size,
+                      preheat=preheat, open_browser=open_browser, extra_args=extra_args)
     paths = [str(template_root())] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
     os.environ["JUPYTER_PATH"] = os.pathsep.join(dict.fromkeys(paths))
     os.environ[STORE_ENV] = str(Path(store).expanduser().resolve())

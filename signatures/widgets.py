@@ -13,19 +13,19 @@ button imports TensorFlow (through :func:`signatures.experiment.run_experiment`)
 from __future__ import annotations
 
 import html
-import json
 import os
+import threading
 import time
 from pathlib import Path
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 
 from . import figures as F
 from .data import DATASETS, DataUnavailableError
 from .experiment import ExperimentConfig
 from .paths import path_label
+from .plotview import Plot, PlotBox
 from .store import check_name, experiment_path, list_experiments, load_experiment
 
 __all__ = [
@@ -59,20 +59,6 @@ def _error_html(message):
     return f'<div class="sig-error" style="{_ERROR_STYLE}">{html.escape(message)}</div>' if message else ""
 
 
-_PLOTLY_MIME = "application/vnd.plotly.v1+json"
-
-
-def _mime_output(fig):
-    """``fig`` as one display_data output, for an ``ipywidgets.Output``'s ``outputs``."""
-    spec = json.loads(fig.to_json())
-    # Not "responsive": on resize plotly drops a height given without a width and takes
-    # the container's height, and an output area has none of its own (0 px).
-    spec["layout"].setdefault("height", 520)
-    spec["config"] = {"displaylogo": False}
-    return {"output_type": "display_data", "metadata": {},
-            "data": {_PLOTLY_MIME: spec, "text/plain": f"<figure: {fig.layout.title.text or 'plot'}>"}}
-
-
 def _architecture(config):
     c = config
     if c.arch == "cnn":
@@ -84,12 +70,12 @@ def _architecture(config):
 class ExperimentView:
     """Every view of one experiment at once, with controls that swap cached figures.
 
-    Figures are built once per choice of controls and kept, with their plotly mime
-    bundle; each view is an ``ipywidgets.Output`` whose ``outputs`` is swapped to the
-    cached bundle, drawn in the browser by plotly's own renderer (``jupyterlab-plotly``).
-    A swap is state, not a message, so a page that connects later (Voilà's preheated
-    kernels run the notebook first) still shows it, and no view ships plotly's 5 MB
-    widget bundle as plotly's ``FigureWidget`` would.
+    Figures are built once per choice of controls and kept, with their encoded spec
+    (:class:`signatures.plotview.Plot`); each view is a :class:`~signatures.plotview.PlotBox`
+    that a change swaps to the cached spec, drawn once in the browser. A swap is state,
+    not a message, so a page that connects later (Voilà's preheated kernels run the
+    notebook first) still shows it, and no view ships plotly's 5 MB widget bundle as
+    plotly's ``FigureWidget`` would.
 
     Parameters
     ----------
@@ -99,6 +85,8 @@ class ExperimentView:
         Unseen classes inserted at first; default ``exp.anomalies``.
     analysis : dict, optional
         :func:`signatures.analysis.analyze` of ``exp``: its findings are shown under the title.
+    renderer : {"widget", "mime"}, optional
+        How plots are drawn (default :func:`signatures.plotview.plot_renderer`).
 
     Attributes
     ----------
@@ -110,9 +98,10 @@ class ExperimentView:
     IMAGES = 40
     VIEWS = ("confusion", "training", "sankey", "umap", "silhouette", "images")
 
-    def __init__(self, exp, *, anomalies=None, analysis=None):
+    def __init__(self, exp, *, anomalies=None, analysis=None, renderer=None):
         self.exp = exp
         self.analysis = analysis
+        self.renderer = renderer
         self._figures = {}
         self._bundles = {}
         self._widget = None
@@ -209,18 +198,25 @@ class ExperimentView:
         return F.image_grid(exp.images[shown], titles=titles, title_colors=colors,
                             title=f"{title}: {len(shown)} of {len(members)} inputs")
 
+    def plot(self, view, **choice):
+        """The :class:`~signatures.plotview.Plot` (encoded figure) of ``view``, built once."""
+        key = self.figure_key(view, **choice)
+        if key not in self._bundles:
+            self._bundles[key] = Plot(self.figure(view, **choice))
+        return self._bundles[key]
+
     def warm(self):
-        """Build every figure the controls can ask for with the first anomalies, ahead of time."""
+        """Build and encode every figure the controls can ask for with the first anomalies, ahead of time."""
         inserted = self._state()[2]
-        self.figure("confusion")
-        self.figure("training")
-        self.figure("sankey", inserted=inserted)
+        self.plot("confusion")
+        self.plot("training")
+        self.plot("sankey", inserted=inserted)
         for name in self.exp.layers:
-            self.figure("silhouette", layer=name)
+            self.plot("silhouette", layer=name)
             for c in F.COLOR_BY:
-                self.figure("umap", layer=name, color_by=c, inserted=inserted)
+                self.plot("umap", layer=name, color_by=c, inserted=inserted)
         for _, value in self.selection_options(inserted)[:12]:
-            self.figure("images", selection=value, inserted=inserted)
+            self.plot("images", selection=value, inserted=inserted)
         return self
 
     # ------------------------------------------------------------------ widgets
@@ -244,7 +240,7 @@ class ExperimentView:
         options = self.selection_options(self._start)
         self.selection = W.Dropdown(options=options, value=options[0][1] if options else None,
                                     description="Show", layout=W.Layout(width="640px"))
-        self.boxes = {view: W.Output(layout=W.Layout(width="100%")) for view in self.VIEWS}
+        self.boxes = {view: PlotBox(self.renderer, lazy=True) for view in self.VIEWS}
         c = exp.config
         ks = ", ".join(f"{n}: K = {e.k_}" for n, e in exp.clusterers.items())
         header = W.HTML(
@@ -253,7 +249,7 @@ class ExperimentView:
             f"{html.escape(', '.join(names[d] for d in exp.classes))} · {html.escape(_architecture(c))} · "
             f"held-out accuracy <b>{exp.metrics['accuracy']:.2%}</b> · {html.escape(ks)}</p>"
         )
-        b = self.boxes
+        b = {view: box.widget for view, box in self.boxes.items()}
         findings = W.HTML(_findings_html(self.analysis) if self.analysis else "")
         self._widget = W.VBox([
             header,
@@ -281,10 +277,7 @@ class ExperimentView:
 
     def _show(self, *views):
         for view in views:
-            key = self.figure_key(view)
-            if key not in self._bundles:
-                self._bundles[key] = _mime_output(self.figure(view))
-            self.boxes[view].outputs = (self._bundles[key],)
+            self.boxes[view].show(self.plot(view))
 
     def _on_inserted(self):
         options = self.selection_options()
@@ -297,8 +290,7 @@ class ExperimentView:
 
     def shown(self, view):
         """The figure now shown for ``view`` (one of :attr:`VIEWS`), as a ``go.Figure``."""
-        bundle = self.boxes[view].outputs[0]["data"][_PLOTLY_MIME]
-        return go.Figure(bundle)
+        return self.boxes[view].figure()
 
 
 class GalleryApp:
@@ -308,11 +300,16 @@ class GalleryApp:
     ----------
     store : str or Path, optional
         The store folder (see :func:`store_root`).
+    renderer : {"widget", "mime"}, optional
+        How plots are drawn (default :func:`signatures.plotview.plot_renderer`).
     """
 
-    def __init__(self, store=None):
+    def __init__(self, store=None, *, renderer=None):
         self.store = store_root(store)
+        self.renderer = renderer
         self._views = {}
+        self._not_selecting = threading.Event()
+        self._not_selecting.set()
         self.picker = W.Dropdown(description="Experiment", layout=W.Layout(width="420px"))
         self.refresh_button = W.Button(description="Refresh list", icon="refresh")
         self.message = W.HTML()
@@ -340,17 +337,38 @@ class GalleryApp:
 
         folder = Path(self.manifests[name]["path"])
         exp = load_experiment(folder)
-        return ExperimentView(exp, analysis=load_or_analyze(exp, folder))
+        return ExperimentView(exp, analysis=load_or_analyze(exp, folder), renderer=self.renderer)
 
     def preload(self, names=None):
-        """Load experiments and build all their figures now (Voilà runs this while preheating)."""
+        """Load experiments and build all their figures now."""
         for name in names if names is not None else list(self.manifests):
-            if name in self.manifests and name not in self._views:
-                try:
-                    self._views[name] = self._view(name).warm()
-                except (ValueError, FileNotFoundError) as exc:
-                    self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
+            self._preload_one(name)
         return self
+
+    def _preload_one(self, name):
+        if name in self.manifests and name not in self._views:
+            try:
+                self._views.setdefault(name, self._view(name).warm())
+            except (ValueError, FileNotFoundError) as exc:
+                self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
+
+    def preload_in_background(self, names=None, *, niceness=10):
+        """:meth:`preload` in a thread at lower CPU priority (Voilà's preheated kernels run this).
+
+        A kernel that waits in the pool loads everything before its visitor comes. A kernel
+        a visitor already waits for (more visitors than the pool holds) shows the requested
+        experiment first: :meth:`select` loads it itself, and the thread waits while it
+        does, between experiments. Returns the thread.
+        """
+        names = list(names if names is not None else self.manifests)
+
+        def work():
+            for name in names:
+                self._not_selecting.wait()
+                self._preload_one(name)
+
+        self._preloading = _low_priority_thread(work, name="signatures-gallery-preload", niceness=niceness)
+        return self._preloading
 
     def select(self, name):
         """Show experiment ``name`` (loaded once, then kept)."""
@@ -361,17 +379,21 @@ class GalleryApp:
             known = ", ".join(sorted(self.manifests)) or "none"
             self.message.value = _error_html(f"no stored experiment named {name!r}; stored: {known}")
             return None
+        self._not_selecting.clear()  # a background preload waits for this experiment
         try:
             if name not in self._views:
-                self._views[name] = self._view(name)
+                self._views.setdefault(name, self._view(name))
+            view = self._views[name]
+            self.message.value = ""
+            if self.picker.value != name:
+                self.picker.value = name
+            self.body.children = (view.widget,)
+            return view
         except (ValueError, FileNotFoundError) as exc:
             self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
             return None
-        self.message.value = ""
-        if self.picker.value != name:
-            self.picker.value = name
-        self.body.children = (self._views[name].widget,)
-        return self._views[name]
+        finally:
+            self._not_selecting.set()
 
     def select_from_query(self, query=None):
         """Select the experiment named by ``?experiment=NAME`` in the page's query string.
@@ -416,11 +438,14 @@ class BuilderApp:
         Where experiments are saved (see :func:`store_root`).
     data_dir : str, optional
         Folder of IDX files; default ``$SIGNATURES_DATA_DIR`` (see :mod:`signatures.data`).
+    renderer : {"widget", "mime"}, optional
+        How plots are drawn (default :func:`signatures.plotview.plot_renderer`).
     """
 
-    def __init__(self, store=None, *, data_dir=None):
+    def __init__(self, store=None, *, data_dir=None, renderer=None):
         self.store = store_root(store)
         self.data_dir = data_dir
+        self.renderer = renderer
         self._datasets = {}
         self.experiment = None
         self.view = None
@@ -568,6 +593,7 @@ class BuilderApp:
             return None
         config = self.config().validate()
         self.run_button.disabled = True
+        self._wait_for_warm_up()
         self._lines = {}
         self.progress.value = 0.0
         start = time.perf_counter()
@@ -586,7 +612,7 @@ class BuilderApp:
         finally:
             self.run_button.disabled = False
         self.experiment = exp
-        self.view = ExperimentView(exp)
+        self.view = ExperimentView(exp, renderer=self.renderer)
         self.results.children = (self.view.widget,)
         return exp
 
@@ -598,33 +624,84 @@ class BuilderApp:
 
         return warm_up()
 
+    def warm_up_in_background(self, *, niceness=10):
+        """Run :meth:`warm_up` in a thread at lower CPU priority; :meth:`run` waits for it.
+
+        A server that replaces a Builder kernel a visitor just took warms the new one while
+        that visitor's experiment runs; at ``niceness`` 10 the warm-up takes only the CPU
+        the run leaves. The thread's priority does not pass to the visitor's run, which
+        happens on the kernel's main thread. Returns the thread.
+        """
+        def work():
+            start = time.perf_counter()
+            try:
+                self.warm_up()
+            finally:
+                self.warm_seconds = round(time.perf_counter() - start, 2)
+
+        self._warming = _low_priority_thread(work, name="signatures-builder-warm-up", niceness=niceness)
+        return self._warming
+
+    def _wait_for_warm_up(self):
+        thread = getattr(self, "_warming", None)
+        if thread is not None and thread.is_alive():
+            self.status.value = ("<div class='sig-status'>Finishing this server's warm-up (TensorFlow and UMAP) "
+                                 "before the run…</div>")
+            thread.join()
+
 
 def _preheating():
     return os.environ.get("VOILA_PREHEAT") == "True"
 
 
-def build_gallery(store=None, *, preload="auto"):
+def _low_priority_thread(work, *, name, niceness=10):
+    """Start ``work()`` in a daemon thread whose CPU priority is lowered by ``niceness``.
+
+    On Linux a thread has its own niceness, so the rest of the kernel (the visitor's
+    requests, on the main thread) keeps its priority; elsewhere the thread runs at normal
+    priority.
+    """
+    def run():
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(niceness))
+        except (AttributeError, OSError):
+            pass  # not Linux, or not allowed
+        work()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def build_gallery(store=None, *, preload="auto", renderer=None):
     """The gallery app (see :class:`GalleryApp`).
 
     ``preload="auto"`` loads every stored experiment and builds its figures when Voilà
-    is preheating the kernel, so a visitor gets them at once; ``True`` / ``False`` force it.
+    is preheating the kernel, so a visitor gets them at once: in a background thread at
+    low priority (:meth:`GalleryApp.preload_in_background`). ``True`` loads them before
+    returning; ``False`` never (each is loaded when selected).
     """
-    app = GalleryApp(store)
-    if preload is True or (preload == "auto" and _preheating()):
+    app = GalleryApp(store, renderer=renderer)
+    if preload is True:
         app.preload()
+    elif preload == "auto" and _preheating():
+        app.preload_in_background()
     return app
 
 
-def build_builder(store=None, *, data_dir=None, warm="auto"):
+def build_builder(store=None, *, data_dir=None, warm="auto", renderer=None):
     """The experiment builder app (see :class:`BuilderApp`).
 
-    ``warm="auto"`` imports TensorFlow and compiles UMAP (:meth:`BuilderApp.warm_up`) when
-    Voilà is preheating the kernel, so that cost never lands in a visitor's request;
-    ``True`` / ``False`` force it.
+    ``warm="auto"`` imports TensorFlow and compiles UMAP when Voilà is preheating the
+    kernel, so that cost never lands in a visitor's request: in a background thread at low
+    CPU priority (:meth:`BuilderApp.warm_up_in_background`), which a Run waits for.
+    ``True`` warms up at once, before returning; ``False`` never.
     """
-    app = BuilderApp(store, data_dir=data_dir)
-    if warm is True or (warm == "auto" and _preheating()):
+    app = BuilderApp(store, data_dir=data_dir, renderer=renderer)
+    if warm is True:
         app.warm_seconds = app.warm_up()
+    elif warm == "auto" and _preheating():
+        app.warm_up_in_background()
     return app
 
 
@@ -650,9 +727,11 @@ class LayersApp:
     Parameters
     ----------
     store : str or Path, optional
+    renderer : {"widget", "mime"}, optional
+        How plots are drawn (default :func:`signatures.plotview.plot_renderer`).
     """
 
-    def __init__(self, store=None):
+    def __init__(self, store=None, *, renderer=None):
         self.store = store_root(store)
         self.experiment = None
         self.analysis = None
@@ -665,11 +744,11 @@ class LayersApp:
                                        layout=W.Layout(width="300px"))
         self.retrain_progress = W.FloatProgress(min=0, max=1, layout=W.Layout(width="300px"))
         self.retrain_result = W.HTML()
-        self.boxes = {v: W.Output(layout=W.Layout(width="100%")) for v in (
+        self.boxes = {v: PlotBox(renderer, lazy=True) for v in (
             "separation", "cka", "heatmap", "images", "auroc", "exits", "crossovers")}
         self.signature_table = W.HTML()
         self.separation_reason = W.HTML()
-        b = self.boxes
+        b = {v: box.widget for v, box in self.boxes.items()}
         self.body = W.VBox([
             self.findings,
             W.HTML("<h3>From which layer do the classes separate</h3>"), self.separation_reason,
@@ -736,18 +815,18 @@ class LayersApp:
         self.findings.value = "<h2 class='sig-title'>Findings</h2>" + _findings_html(a)
         sep = a["separation"]
         self.separation_reason.value = f"<p>{html.escape(sep['reason'])}</p>"
-        self.boxes["separation"].outputs = (_mime_output(F.separation_panel(sep["table"], separating=sep["first_layer"])),)
-        self.boxes["cka"].outputs = (_mime_output(F.cka_heatmap(sep["cka"], exp.layers)),)
-        self.boxes["crossovers"].outputs = (_mime_output(_crossover_grid(exp, a)),)
+        self.boxes["separation"].show(F.separation_panel(sep["table"], separating=sep["first_layer"]))
+        self.boxes["cka"].show(F.cka_heatmap(sep["cka"], exp.layers))
+        self.boxes["crossovers"].show(_crossover_grid(exp, a))
         an = a.get("anomaly")
         if an and an.get("auroc"):
             au = an["auroc"]["auroc"]
-            self.boxes["auroc"].outputs = (_mime_output(F.auroc_bars(
+            self.boxes["auroc"].show(F.auroc_bars(
                 {"distance p-value": au["pvalue"], "path rarity": au["path_rarity"],
-                 "max softmax (baseline)": au["msp"]})),)
+                 "max softmax (baseline)": au["msp"]}))
             counts = {exp.class_names[int(c)]: {(None if k == "never" else k): v for k, v in e["shares"].items()}
                       for c, e in an["exit_summary"]["unseen"].items()}
-            self.boxes["exits"].outputs = (_mime_output(F.exit_layers(counts, exp.layers)),)
+            self.boxes["exits"].show(F.exit_layers(counts, exp.layers))
         self._set(self.layer, options=list(exp.layers), value=exp.layers[-1])
         self._show_layer()
         return a
@@ -762,9 +841,9 @@ class LayersApp:
 
     def _show_layer(self):
         exp, s = self.experiment, self.analysis["neurons"][self.layer.value]
-        self.boxes["heatmap"].outputs = (_mime_output(F.neuron_heatmap(
+        self.boxes["heatmap"].show(F.neuron_heatmap(
             s["means"], s["class_names"], order=s["order"], dead=s["dead"],
-            title=f"{self.layer.value}: mean activation per neuron and class")),)
+            title=f"{self.layer.value}: mean activation per neuron and class"))
         j = exp.layers.index(self.layer.value)
         options = [(f"class {exp.class_names[int(c)]}", ("class", int(c))) for c in s["signatures"]]
         for c in np.unique(exp.paths[exp.rows("train"), j]).tolist():
@@ -802,9 +881,9 @@ class LayersApp:
             top = top_activating(X, best, k=20, rows=np.arange(exp.n_rows))
             titles = [exp.class_names[t] for t in exp.labels[top]]
             colors = ["#d62728" if s == 2 else "#333333" for s in exp.split[top]]
-            self.boxes["images"].outputs = (_mime_output(F.image_grid(
+            self.boxes["images"].show(F.image_grid(
                 exp.images[top], titles=titles, title_colors=colors,
-                title=f"Inputs that fire n{best} of {layer} most")),)
+                title=f"Inputs that fire n{best} of {layer} most"))
 
     def retrain(self, *, seeds=(1, 2)):
         """Retrain with other seeds and compare clusters (explicit; trains models). Returns the summary."""
@@ -849,6 +928,6 @@ def _findings_html(analysis):
             + "</ul>")
 
 
-def build_layers(store=None):
+def build_layers(store=None, *, renderer=None):
     """The "Layers and neurons" app (see :class:`LayersApp`)."""
-    return LayersApp(store)
+    return LayersApp(store, renderer=renderer)

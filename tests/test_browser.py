@@ -171,3 +171,44 @@ def test_layers_and_neurons_page(site, page):
     titles = " | ".join(plot_titles(page))
     for words in ("separates the classes", "Linear CKA", "mean activation per neuron", "AUROC"):
         assert words in titles
+
+
+PLOT_STATES = "() => [...document.querySelectorAll('.sig-plot')].map(d => [d.dataset.state || '', " \
+              "Number(d.dataset.draws || 0), d.getBoundingClientRect().top < innerHeight])"
+
+
+def test_gallery_draws_each_plot_once_and_below_the_fold_only_when_scrolled_to(site, browser):
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(site["url"] + "voila/render/gallery.ipynb?experiment=small-1v7", timeout=120_000)
+        page.wait_for_function("() => document.querySelectorAll('.sig-plot[data-state=drawn]').length >= 1",
+                               timeout=120_000)
+        page.wait_for_timeout(500)
+        states = [tuple(s) for s in page.evaluate(PLOT_STATES)]
+        assert len(states) == 6
+        assert all(s == ("drawn", 1, True) for s in states if s[2])  # on screen: drawn, once
+        assert [s for s in states if not s[2]] and all(s[:2] == ("", 0) for s in states if not s[2])
+        page.evaluate("() => [...document.querySelectorAll('.sig-plot')].pop().scrollIntoView()")
+        page.wait_for_function("() => [...document.querySelectorAll('.sig-plot')].pop().dataset.state === 'drawn'",
+                               timeout=30_000)
+        umap = page.locator(".sig-plot", has=page.locator(".gtitle", has_text="UMAP of"))
+        umap.scroll_into_view_if_needed()
+        page.wait_for_function("() => [...document.querySelectorAll('.sig-plot')].filter("
+                               "d => (d.querySelector('.gtitle') || {}).textContent?.startsWith('UMAP of')).length === 1",
+                               timeout=30_000)
+        assert umap.get_attribute("data-draws") == "1"
+        page.select_option(".widget-dropdown:has-text('Colour by') select", label="cluster")
+        page.wait_for_function("() => [...document.querySelectorAll('.sig-plot')].some(d => "
+                               "d.dataset.draws === '2' && d.querySelector('.gtitle').textContent.startsWith('UMAP of'))",
+                               timeout=20_000)
+        page.wait_for_timeout(500)
+        draws = [d[1] for d in page.evaluate(PLOT_STATES) if d[1]]  # a plot scrolled past is never drawn
+        assert sorted(draws) == [1] * (len(draws) - 1) + [2]  # the change redrew the UMAP once, nothing else
+    finally:
+        SHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SHOTS / "gallery_first_screen.png"))
+        context.close()
+    assert [e for e in errors if not any(p.search(e) for p in HARMLESS)] == []

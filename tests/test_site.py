@@ -183,6 +183,30 @@ def test_voila_args():
     assert off[-1] == "--theme=dark"
     assert "--preheat_kernel=False" in site.voila_args(pool_size=3, preheat=False)
     assert "--Voila.ip=::1" in site.voila_args(address="::1")
+    assert not any("kernel_pools_config" in a for a in off)  # no pools without preheating
+
+
+def test_pools_keep_more_gallery_kernels_and_voila_parses_them():
+    assert site.pool_sizes(1) == {"default": {"pool_size": 1}, "gallery.ipynb": {"pool_size": 2}}
+    assert site.pool_sizes(2, 5)["gallery.ipynb"] == {"pool_size": 5}
+    assert site.pool_sizes(-1, -3) == {"default": {"pool_size": 0}, "gallery.ipynb": {"pool_size": 0}}
+    app = site.SignaturesVoila()
+    app.parse_command_line(site.voila_args(pool_size=1, gallery_pool_size=4))
+    from traitlets import Dict
+    from traitlets.config import Configurable
+
+    class VoilaKernelManager(Configurable):  # resolves the option as Voilà's class of that name does
+        kernel_pools_config = Dict(config=True)
+
+    manager = VoilaKernelManager(config=app.config)
+    assert manager.kernel_pools_config["gallery.ipynb"] == {"pool_size": 4}
+    assert manager.kernel_pools_config["default"] == {"pool_size": 1}
+    assert app.config.VoilaConfiguration.extension_denylist == ["jupyterlab-plotly"]
+
+
+def test_plotly_mime_extension_stays_when_the_site_draws_mime(monkeypatch):
+    monkeypatch.setenv("SIGNATURES_PLOTS", "mime")
+    assert not any("extension_denylist" in a for a in site.voila_args())
 
 
 def test_site_imports_no_tensorflow_or_umap():
@@ -268,6 +292,19 @@ def test_server_serves_template_static_files_and_voila_tree(server):
     assert status == 200 and kind.startswith("text/css") and ".sig-topbar" in css
     status, kind, _ = _get(server + "voila/tree")
     assert status == 200 and kind.startswith("text/html")
+
+
+def test_server_serves_plotly_js_of_the_installed_plotly_and_nothing_beside_it(server):
+    from signatures.plotview import plotly_js_path
+
+    with urllib.request.urlopen(server + "signatures/static/plotly.min.js", timeout=60) as response:
+        assert response.status == 200 and "javascript" in response.headers["Content-Type"]
+        assert response.headers["Cache-Control"] == "no-cache" and response.headers["Etag"]
+        assert response.read() == plotly_js_path().read_bytes()
+    for other in ("widgetbundle.js", "../__init__.py"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _get(server + "signatures/static/" + other)
+        assert err.value.code == 404
 
 
 @pytest.mark.skipif(not (site.notebooks_root() / "gallery.ipynb").is_file(), reason="notebooks/gallery.ipynb not written yet")

@@ -3,8 +3,11 @@ runs saved to the store, views swapped from cached figures, no TensorFlow in the
 
 import html
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -144,7 +147,7 @@ def test_every_shown_figure_has_a_height(store):
     """A plot in an output area with no height of its own would be drawn 0 px tall."""
     view = GalleryApp(store).select("small")
     for name in view.VIEWS:
-        assert view.boxes[name].outputs[0]["data"]["application/vnd.plotly.v1+json"]["layout"]["height"] > 200
+        assert view.boxes[name].spec["layout"]["height"] > 200
 
 
 def test_layers_app_answers_for_a_stored_experiment(store):
@@ -156,7 +159,7 @@ def test_layers_app_answers_for_a_stored_experiment(store):
     assert "separate from layer" in html.unescape(app.findings.value)
     assert (store / "small" / "analysis.json").is_file()  # computed once, kept with the experiment
     for name in ("separation", "cka", "heatmap", "images", "auroc", "exits"):
-        assert app.boxes[name].outputs, name
+        assert app.boxes[name].spec is not None and app.boxes[name].widget.outputs, name
     layer = app.layer.value
     kinds = {v[0] for _, v in app.subject.options}
     assert kinds == {"class", "cluster", "unseen"}
@@ -164,7 +167,7 @@ def test_layers_app_answers_for_a_stored_experiment(store):
     app.subject.value = cluster
     assert f"cluster c{cluster[1]} against the rest of {layer}" in html.unescape(app.signature_table.value)
     app.layer.value = app.experiment.layers[0]
-    heat = app.boxes["heatmap"].outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    heat = app.boxes["heatmap"].spec
     assert app.experiment.layers[0] in heat["layout"]["title"]["text"]
     assert app.select("nothing") is None and "no stored experiment named 'nothing'" in html.unescape(app.message.value)
 
@@ -180,6 +183,61 @@ def test_layers_app_shows_the_inputs_on_another_class_path(store):
 
     app = LayersApp(store)
     app.select("small")
-    grid = app.boxes["crossovers"].outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    grid = app.boxes["crossovers"].spec
     n = len(app.analysis["signatures"]["crossovers"]["rows"])
     assert f"dominant path: {n} " in grid["layout"]["title"]["text"]
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux's")
+def test_background_work_runs_at_lower_priority_than_the_kernel():
+    from signatures.widgets import _low_priority_thread
+
+    seen = {}
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = _low_priority_thread(lambda: seen.setdefault(
+        "nice", os.getpriority(os.PRIO_PROCESS, threading.get_native_id())), name="probe", niceness=5)
+    thread.join(10)
+    assert seen["nice"] == min(main + 5, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # the caller keeps its own
+
+
+def test_preheated_gallery_preloads_in_the_background_and_a_request_is_served_meanwhile(store, monkeypatch):
+    from signatures import widgets
+
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    started, release = threading.Event(), threading.Event()
+    real_view = GalleryApp._view
+
+    def slow_view(self, name):  # the background preload is busy with this experiment
+        if threading.current_thread().name == "signatures-gallery-preload":
+            started.set()
+            release.wait(10)
+        return real_view(self, name)
+
+    monkeypatch.setattr(GalleryApp, "_view", slow_view)
+    app = widgets.build_gallery(store)
+    assert app._preloading.is_alive() and started.wait(10)
+    view = app.select("small")  # does not wait for the preload
+    assert view is not None and app.body.children == (view.widget,)
+    release.set()
+    app._preloading.join(30)
+    assert app._views["small"] is view  # the preload kept the one already shown
+    assert set(app._views) == {m["name"] for m in list_experiments(store)}
+
+
+def test_preheated_builder_warms_up_in_the_background_and_a_run_waits_for_it(store, monkeypatch):
+    from signatures import widgets
+
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    done = threading.Event()
+
+    def fake_warm_up():
+        time.sleep(0.5)
+        done.set()
+        return 0.5
+
+    monkeypatch.setattr(BuilderApp, "warm_up", staticmethod(fake_warm_up))
+    app = widgets.build_builder(store)
+    assert app._warming.is_alive() and not done.is_set()  # build_builder returned at once
+    app._wait_for_warm_up()
+    assert done.is_set() and "warm-up" in app.status.value and app.warm_seconds >= 0.5
