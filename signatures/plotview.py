@@ -82,22 +82,23 @@ class Plot:
         Used when the figure's layout sets none (an output area has no height of its own).
     """
 
-    __slots__ = ("spec", "payload", "title")
+    __slots__ = ("payload", "title", "height")
 
     def __init__(self, fig, *, height=DEFAULT_HEIGHT):
-        text = fig.to_json()
-        spec = json.loads(text)
+        spec = json.loads(fig.to_json())
         # Not "responsive": on resize plotly drops a height given without a width and takes the
         # container's height, and an output area has none of its own (0 px).
         spec["layout"].setdefault("height", height)
         spec["config"] = {"displaylogo": False}
-        self.spec = spec
+        # Only the encoded form is kept: it is what a widget sends, and half the memory.
         self.payload = json.dumps(spec, separators=(",", ":")).encode()
         self.title = fig.layout.title.text or "plot"
+        self.height = int(spec["layout"]["height"])
 
     @property
-    def height(self):
-        return int(self.spec["layout"]["height"])
+    def spec(self):
+        """The figure's plotly JSON (``data``, ``layout``, ``config``), decoded from :attr:`payload`."""
+        return json.loads(self.payload)
 
     def figure(self):
         """The spec as a ``go.Figure`` again."""

@@ -143,6 +143,8 @@ class ExperimentView:
     def figure(self, view, **choice):
         """The ``go.Figure`` of ``view`` for the current (or the given) choice of controls."""
         key = self.figure_key(view, **choice)
+        if key in self._bundles:
+            return self._bundles[key].figure()
         return self._cached(key, lambda: self._build(key))
 
     def _build(self, key):
@@ -202,7 +204,9 @@ class ExperimentView:
         """The :class:`~signatures.plotview.Plot` (encoded figure) of ``view``, built once."""
         key = self.figure_key(view, **choice)
         if key not in self._bundles:
-            self._bundles[key] = Plot(self.figure(view, **choice))
+            # The encoded plot is what is kept; its go.Figure (several times larger) is dropped.
+            fig = self._figures.pop(key) if key in self._figures else self._build(key)
+            self._bundles[key] = Plot(fig)
         return self._bundles[key]
 
     def warm(self):
