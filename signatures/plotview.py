@@ -29,7 +29,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import traitlets as T
 
-__all__ = ["Plot", "PlotlyView", "PlotBox", "plot_renderer", "plotly_src", "plotly_js_path",
+__all__ = ["Plot", "PlotlyView", "PlotBox", "plot_renderer", "forced_renderer", "plotly_src", "plotly_js_path",
            "PLOTLY_ROUTE", "RENDERERS"]
 
 RENDERERS = ("widget", "mime")
@@ -50,12 +50,18 @@ def plotly_js_path():
     return path
 
 
+def forced_renderer():
+    """The renderer ``$SIGNATURES_PLOTS`` asks for, or None when it is unset."""
+    chosen = os.environ.get(PLOTS_ENV, "").strip().lower()
+    if chosen and chosen not in RENDERERS:
+        raise ValueError(f"{PLOTS_ENV} must be one of {', '.join(RENDERERS)}, got {chosen!r}")
+    return chosen or None
+
+
 def plot_renderer():
     """``"widget"`` or ``"mime"``: ``$SIGNATURES_PLOTS``, else widget under Voilà or in Colab."""
-    chosen = os.environ.get(PLOTS_ENV, "").strip().lower()
+    chosen = forced_renderer()
     if chosen:
-        if chosen not in RENDERERS:
-            raise ValueError(f"{PLOTS_ENV} must be one of {', '.join(RENDERERS)}, got {chosen!r}")
         return chosen
     if os.environ.get("VOILA_BASE_URL") or "google.colab" in sys.modules:
         return "widget"
@@ -115,26 +121,19 @@ function loadPlotly(src) {
   if (window.Plotly) return Promise.resolve(window.Plotly);
   const key = "__signaturesPlotly";
   if (!window[key]) {
+    // One script per page, whichever plot asks first (the site's template preloads the file).
     window[key] = new Promise((resolve, reject) => {
-      // The site's template starts loading plotly.js with the page (data-signatures-plotly).
-      let script = document.querySelector("script[data-signatures-plotly]");
-      if (script && script.dataset.state === "loaded" && !window.Plotly) {
-        reject(new Error("plotly.js loaded from " + script.src + " but did not define Plotly"));
-        return;
-      }
-      if (!script || script.dataset.state === "failed") {
-        script = document.createElement("script");
-        script.src = src;
-        document.head.appendChild(script);
-      }
+      const script = document.createElement("script");
+      script.src = src;
       performance.mark("signatures:plotly-requested");
-      script.addEventListener("load", () => window.Plotly
+      script.onload = () => window.Plotly
         ? (performance.mark("signatures:plotly-ready"), resolve(window.Plotly))
-        : reject(new Error("plotly.js loaded from " + src + " but did not define Plotly")));
-      script.addEventListener("error", () => {
-        delete window[key];
-        reject(new Error("could not load plotly.js from " + script.src));
-      });
+        : reject(new Error("plotly.js loaded from " + src + " but did not define Plotly"));
+      script.onerror = () => {
+        delete window[key];  // a later draw tries again
+        reject(new Error("could not load plotly.js from " + src));
+      };
+      document.head.appendChild(script);
     });
   }
   return window[key];

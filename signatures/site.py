@@ -34,7 +34,7 @@ from tornado import web
 from traitlets import Unicode, default
 from voila.app import Voila
 
-from .plotview import PLOTLY_ROUTE, PLOTS_ENV, plotly_js_path
+from .plotview import PLOTLY_ROUTE, forced_renderer, plotly_js_path
 from .store import list_experiments
 
 __all__ = [
@@ -348,7 +348,7 @@ def voila_args(*, port=8866, address="127.0.0.1", pool_size=1, gallery_pool_size
     if preheat:
         args.append(
             f"--VoilaKernelManager.kernel_pools_config={json.dumps(pool_sizes(pool_size, gallery_pool_size))}")
-    if os.environ.get(PLOTS_ENV, "").strip().lower() != "mime":
+    if forced_renderer() != "mime":
         # The apps draw with their own plot widget (signatures.plotview): plotly's mime renderer
         # would only add its 4.8 MB of JavaScript to every page.
         args.append("--VoilaConfiguration.extension_denylist=jupyterlab-plotly")

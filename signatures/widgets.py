@@ -103,7 +103,7 @@ class ExperimentView:
         self.analysis = analysis
         self.renderer = renderer
         self._figures = {}
-        self._bundles = {}
+        self._plots = {}
         self._widget = None
         unseen = exp.unseen
         self._start = tuple(a for a in (exp.anomalies if anomalies is None else anomalies) if a in unseen)
@@ -143,8 +143,8 @@ class ExperimentView:
     def figure(self, view, **choice):
         """The ``go.Figure`` of ``view`` for the current (or the given) choice of controls."""
         key = self.figure_key(view, **choice)
-        if key in self._bundles:
-            return self._bundles[key].figure()
+        if key in self._plots:
+            return self._plots[key].figure()
         return self._cached(key, lambda: self._build(key))
 
     def _build(self, key):
@@ -203,11 +203,11 @@ class ExperimentView:
     def plot(self, view, **choice):
         """The :class:`~signatures.plotview.Plot` (encoded figure) of ``view``, built once."""
         key = self.figure_key(view, **choice)
-        if key not in self._bundles:
+        if key not in self._plots:
             # The encoded plot is what is kept; its go.Figure (several times larger) is dropped.
             fig = self._figures.pop(key) if key in self._figures else self._build(key)
-            self._bundles[key] = Plot(fig)
-        return self._bundles[key]
+            self._plots[key] = Plot(fig)
+        return self._plots[key]
 
     def warm(self):
         """Build and encode every figure the controls can ask for with the first anomalies, ahead of time."""
