@@ -44,6 +44,7 @@ __all__ = [
     "experiment_path",
     "check_name",
     "write_file_atomic",
+    "default_store",
 ]
 
 FORMAT_VERSION = 1
@@ -52,6 +53,23 @@ ARRAYS = "arrays.npz"
 MODEL = "model.keras"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def default_store():
+    """The store folder used when none is given, as an absolute path.
+
+    ``$SIGNATURES_STORE`` if set; else ``runs/`` at the root of the checkout the package
+    was installed from (``pip install -e .``), so that the CLI, the site and notebooks
+    opened in JupyterLab (whose working folder is ``notebooks/``) share one store; else
+    ``./runs``.
+    """
+    env = os.environ.get("SIGNATURES_STORE")
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "notebooks").is_dir():
+        return checkout / "runs"
+    return Path("runs").resolve()
 
 
 def check_name(name):
