@@ -17,11 +17,22 @@ Threads
     here, the clustering stage of a 1-vs-7 experiment took 7-18 s on 2 threads and 3.4 s
     on one (``docs/performance.md``).
 
-Degenerate layers
+Layers with few distinct rows
+    K may be as large as the number of distinct activation vectors ``d``: at K = d the
+    best k-means partition puts each distinct vector in a cluster of its own, every cluster
+    is a set of identical points, and the silhouette is exact (1 for a point that shares
+    its cluster with copies of itself, 0 for a point alone). The sweep scores that
+    partition directly rather than asking k-means for it, and skips (NaN) every K above
+    the number of distinct rows of the sample it scores. So ``np.repeat(np.eye(3), 10,
+    axis=0)`` gets K = 3 with silhouette 1.0. The silhouette itself needs
+    ``K <= n_samples - 1``, which :func:`check_k_range` enforces.
+
     A layer whose activations are all equal (a dead layer) or that has fewer distinct
-    rows than the K range needs is not an error: the fit records what happened in
+    rows than the smallest K is not an error: the fit records what happened in
     ``status_`` (``"ok"``, ``"constant"`` or ``"few-distinct"``) and ``note_``, and
     assigns clusters that are still well defined (one cluster, or one per distinct row).
+    A K range cut short by the number of distinct rows keeps ``status_ = "ok"`` and says
+    so in ``note_``.
 """
 
 from __future__ import annotations
@@ -106,14 +117,19 @@ def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, 
     if sample_size is not None and len(X) > sample_size:
         rng = np.random.default_rng(random_state)
         X = X[np.sort(rng.choice(len(X), size=int(sample_size), replace=False))]
+    distinct, inverse = np.unique(X, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
     scores = {}
     for k in ks:
-        if k > len(X) - 1:
+        if k > len(X) - 1 or k > len(distinct):
             scores[k] = float("nan")
             continue
-        with warnings.catch_warnings(), threadpool_limits(limits=n_threads, user_api="openmp"):
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            labels = _kmeans(k, n_init, random_state).fit_predict(X)
+        if k == len(distinct):
+            labels = inverse  # one cluster per distinct row: the partition k-means would find, exactly
+        else:
+            with warnings.catch_warnings(), threadpool_limits(limits=n_threads, user_api="openmp"):
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                labels = _kmeans(k, n_init, random_state).fit_predict(X)
         if len(np.unique(labels)) < 2:
             scores[k] = float("nan")
         else:
@@ -166,7 +182,8 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
         K -> silhouette score; empty for a constant layer.
     status_ : {"ok", "constant", "few-distinct"}
     note_ : str
-        What happened, in words, when ``status_`` is not ``"ok"``.
+        What happened, in words, when ``status_`` is not ``"ok"`` or when fewer distinct
+        rows than the largest K cut the K range short; empty otherwise.
     """
 
     def __init__(self, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, n_threads=1):
@@ -180,7 +197,8 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
         """Choose K and fit k-means on all rows of ``X`` (n_samples, n_features)."""
         X = _check_X(X)
         ks = check_k_range(self.k_range, len(X))
-        distinct = np.unique(X, axis=0)
+        distinct, inverse = np.unique(X, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
         self.silhouette_scores_ = {}
         self.status_, self.note_ = "ok", ""
         if len(distinct) == 1:
@@ -190,16 +208,14 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
             self.centers_ = distinct.copy()
             self.labels_ = np.zeros(len(X), dtype=np.int64)
             return self
-        usable = [k for k in ks if k < len(distinct)]
+        usable = [k for k in ks if k <= len(distinct)]
         if not usable:
             self.status_ = "few-distinct"
             self.note_ = (
-                f"only {len(distinct)} distinct activation vectors, fewer than the smallest K = {ks[0]} "
-                "plus one: one cluster per distinct vector"
+                f"only {len(distinct)} distinct activation vectors, fewer than the smallest K = {ks[0]}: "
+                "one cluster per distinct vector"
             )
-            self.k_ = len(distinct)
-            self.centers_ = distinct.copy()
-            self.labels_ = self._nearest(X)
+            self._fit_distinct(distinct, inverse)
             return self
         if len(usable) < len(ks):
             self.note_ = f"only {len(distinct)} distinct activation vectors: K limited to {usable[-1]}"
@@ -208,6 +224,9 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
             n_threads=self.n_threads,
         )
         k = _best_k(self.silhouette_scores_) or usable[0]
+        if k == len(distinct):
+            self._fit_distinct(distinct, inverse)
+            return self
         with warnings.catch_warnings(), threadpool_limits(limits=self.n_threads, user_api="openmp"):
             warnings.simplefilter("ignore", ConvergenceWarning)
             km = _kmeans(k, self.n_init, self.random_state).fit(X)
@@ -215,6 +234,12 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
         self.centers_ = km.cluster_centers_
         self.labels_ = km.labels_.astype(np.int64)
         return self
+
+    def _fit_distinct(self, distinct, inverse):
+        """One cluster per distinct row: centers are the distinct rows, inertia 0."""
+        self.k_ = len(distinct)
+        self.centers_ = distinct.copy()
+        self.labels_ = inverse.astype(np.int64)
 
     def _nearest(self, X):
         X = np.asarray(X, dtype=np.float64)

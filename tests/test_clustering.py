@@ -53,13 +53,56 @@ def test_constant_layer_is_recorded_not_a_crash():
 
 def test_few_distinct_points():
     X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 20, axis=0)
-    est = LayerKMeans(k_range=range(2, 6)).fit(X)
+    est = LayerKMeans(k_range=range(3, 6)).fit(X)
     assert est.status_ == "few-distinct" and est.k_ == 2
+    assert "only 2 distinct activation vectors, fewer than the smallest K = 3" in est.note_
     assert adjusted_rand_score(np.repeat([0, 1], 20), est.labels_) == 1.0
+    np.testing.assert_array_equal(est.centers_, [[0.0, 0.0], [5.0, 5.0]])
     X3 = np.repeat(np.array([[0.0], [5.0], [10.0], [20.0]]), 10, axis=0)
     est3 = LayerKMeans(k_range=range(2, 8)).fit(X3)
-    assert est3.status_ == "ok" and set(est3.silhouette_scores_) == {2, 3}
-    assert "K limited to 3" in est3.note_
+    assert est3.status_ == "ok" and set(est3.silhouette_scores_) == {2, 3, 4}
+    assert "only 4 distinct activation vectors: K limited to 4" in est3.note_
+    assert est3.k_ == 4 and est3.silhouette_scores_[4] == 1.0
+
+
+def test_k_may_equal_the_number_of_distinct_vectors():
+    X = np.repeat(np.eye(3), 10, axis=0)
+    est = LayerKMeans().fit(X)
+    assert est.k_ == 3 and est.status_ == "ok"
+    assert est.silhouette_scores_[3] == 1.0 and set(est.silhouette_scores_) == {2, 3}
+    assert est.note_ == "only 3 distinct activation vectors: K limited to 3"
+    np.testing.assert_array_equal(est.labels_, np.repeat([2, 1, 0], 10))  # distinct rows sorted: e3, e2, e1
+    np.testing.assert_array_equal(est.centers_[est.labels_], X)  # every cluster is one repeated vector
+    np.testing.assert_array_equal(est.predict(np.eye(3)), est.labels_[[0, 10, 20]])
+
+
+def test_two_distinct_vectors_are_two_clusters_not_a_degenerate_layer():
+    X = np.repeat(np.array([[0.0, 1.0], [3.0, 0.0]]), 6, axis=0)
+    est = LayerKMeans().fit(X)
+    assert est.status_ == "ok" and est.k_ == 2 and est.silhouette_scores_ == {2: 1.0}
+
+
+def test_five_distinct_vectors_reach_k5_when_best():
+    points = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0], [5.0, 5.0]])
+    X = np.repeat(points, 8, axis=0)
+    est = LayerKMeans(k_range=range(2, 9)).fit(X)
+    assert est.k_ == 5 and est.silhouette_scores_[5] == 1.0
+    assert all(est.silhouette_scores_[k] < 1.0 for k in (2, 3, 4))
+    assert "K limited to 5" in est.note_
+    assert adjusted_rand_score(np.repeat(np.arange(5), 8), est.labels_) == 1.0
+    # Not best: with singletons (silhouette 0 each) K = 5 scores 40/43; K = 3 groups the near copies and wins.
+    values = [0.0] * 20 + [0.01] + [100.0] * 20 + [100.01] + [50.0]
+    est2 = LayerKMeans(k_range=range(2, 9)).fit(np.array(values)[:, None])
+    assert set(est2.silhouette_scores_) == {2, 3, 4, 5}
+    assert est2.silhouette_scores_[5] == pytest.approx(40 / 43)
+    assert est2.k_ == 3 and "K limited to 5" in est2.note_
+
+
+def test_sweep_skips_k_above_the_distinct_rows_of_the_sample():
+    X = np.repeat(np.eye(3), 10, axis=0)
+    scores = silhouette_sweep(X, k_range=range(2, 6))
+    assert scores[3] == 1.0
+    assert np.isnan(scores[4]) and np.isnan(scores[5])
 
 
 @pytest.mark.parametrize(
