@@ -14,8 +14,11 @@ A data directory holds the standard IDX files (``train-images-idx3-ubyte[.gz]``,
 ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``), either directly or in a subfolder
 named after the dataset (``<dir>/mnist/``). The train pair, the t10k pair or both
 may be present. Several directories may be given, separated by ``os.pathsep``; a
-directory named after one dataset (``.../fashion-mnist``) is never read as another. If no source works, :class:`DataUnavailableError` names the ways
-out; there is no silent fallback to another dataset.
+directory named after one dataset (``.../fashion-mnist``) is never read as another; a
+directory of the list that does not exist is skipped (and named in the dataset's
+``source``). If no source works, :class:`DataUnavailableError` names the ways out; there
+is no silent fallback to another dataset. A damaged IDX file (truncated, corrupted,
+mismatched) is a ValueError that names the file and what to do.
 
 This module imports no TensorFlow unless it has to download through Keras.
 """
@@ -23,7 +26,9 @@ This module imports no TensorFlow unless it has to download through Keras.
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +64,10 @@ _IDX_SUBDIRS = {"mnist": ("mnist", "MNIST"), "fashion-mnist": ("fashion-mnist", 
 
 class DataUnavailableError(RuntimeError):
     """No source of the requested dataset could be read."""
+
+
+_REPLACE = ("Replace it with an intact copy (download the dataset again), or remove it and point "
+            f"--data-dir / {ENV_DATA_DIR} at a folder with intact IDX files.")
 
 
 @dataclass(frozen=True)
@@ -157,21 +166,37 @@ def read_idx(path):
     -------
     ndarray
         uint8 array with the shape written in the file's header.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read as an IDX file: a damaged or truncated gzip stream, a
+        bad magic number, or a size other than the header announces. The message names
+        the file and what to do.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except EOFError:
+        raise ValueError(f"{path} is truncated (the gzip stream ends early). {_REPLACE}") from None
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path} is damaged and cannot be read ({exc}). {_REPLACE}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'none'}). {_REPLACE}")
     dtype_code, ndim = raw[2], raw[3]
     if dtype_code != 0x08:
-        raise ValueError(f"{path}: only unsigned-byte IDX files are supported, got type code {dtype_code:#x}")
+        raise ValueError(f"{path}: only unsigned-byte IDX files (type code 0x8) are supported, got type code "
+                         f"{dtype_code:#x}. {_REPLACE}")
     header = 4 + 4 * ndim
+    if ndim < 1 or len(raw) < header:
+        raise ValueError(f"{path}: header announces {ndim} dimensions but the file is {len(raw)} bytes long. "
+                         f"{_REPLACE}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: header announces {expected} values, file holds {len(raw) - header}")
+        raise ValueError(f"{path}: header announces {expected} values, file holds {len(raw) - header}. {_REPLACE}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -214,15 +239,17 @@ def _split_dirs(data_dir):
     return [Path(d) for d in str(data_dir).split(os.pathsep) if d]
 
 
-def _load_idx_dir(name, roots):
+def _load_idx_dir(name, roots, *, skipped=()):
     folder = _idx_folder(roots, name)
     if folder is None:
+        missing = f" (skipped, not a folder: {', '.join(map(str, skipped))})" if skipped else ""
         raise DataUnavailableError(
             f"no {name} IDX files (train-/t10k-images-idx3-ubyte[.gz] with matching labels) "
-            f"found in {os.pathsep.join(map(str, roots))} or subfolders named {', '.join(_IDX_SUBDIRS[name])}. "
-            + _ways_out(name)
+            f"found in {os.pathsep.join(map(str, roots))} or subfolders named {', '.join(_IDX_SUBDIRS[name])}"
+            f"{missing}. " + _ways_out(name)
         )
     images, labels, parts = [], [], []
+    n_classes = len(DATASETS[name])
     for prefix in ("train", "t10k"):
         pair = _find_idx_pair(folder, prefix)
         if pair is None:
@@ -230,16 +257,23 @@ def _load_idx_dir(name, roots):
         img, lab = read_idx(pair[0]), read_idx(pair[1])
         if img.ndim != 3 or lab.ndim != 1 or len(img) != len(lab):
             raise ValueError(
-                f"{pair[0]} and {pair[1]} do not match: images {img.shape}, labels {lab.shape}"
+                f"{pair[0]} and {pair[1]} do not match: an images file holds (n, height, width) values and "
+                f"its labels file (n,), got images {img.shape} and labels {lab.shape}. Put the images and labels "
+                "files of the same part (train or t10k) of one dataset side by side, intact."
             )
+        if images and img.shape[1:] != images[0].shape[1:]:
+            raise ValueError(f"{pair[0]} holds images of {img.shape[1:]} pixels, the train images "
+                             f"{images[0].shape[1:]}: both must come from the same dataset")
+        if lab.size and int(lab.max()) >= n_classes:
+            raise ValueError(f"{pair[1]} holds label {int(lab.max())}, but {name} labels must be in "
+                             f"0..{n_classes - 1}: the file is damaged or of another dataset. {_REPLACE}")
         images.append(img)
         labels.append(lab)
         parts.append(f"{prefix} ({len(lab)})")
-    return (
-        np.concatenate(images),
-        np.concatenate(labels).astype(np.int64),
-        f"IDX files in {folder}: {' + '.join(parts)}",
-    )
+    source = f"IDX files in {folder}: {' + '.join(parts)}"
+    if skipped:
+        source += f"; skipped missing data folder(s) {', '.join(map(str, skipped))}"
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64), source
 
 
 # --------------------------------------------------------------------------- sources
@@ -308,7 +342,9 @@ def load_dataset(name="mnist", *, data_dir=None):
     Raises
     ------
     ValueError
-        Unknown dataset name, or a data directory that does not exist.
+        Unknown dataset name; no data directory exists (a missing folder in a list of
+        several is skipped, and named in ``source``); or a damaged IDX file (named, with
+        what to do).
     DataUnavailableError
         No source could provide the data; the message lists the ways out.
     """
@@ -321,10 +357,11 @@ def load_dataset(name="mnist", *, data_dir=None):
         data_dir = data_dir if data_dir is not None else os.environ.get(ENV_DATA_DIR) or None
         if data_dir is not None:
             roots = _split_dirs(data_dir)
-            missing = [str(r) for r in roots if not r.is_dir()]
-            if missing or not roots:
-                raise ValueError(f"data directory {', '.join(missing) or repr(data_dir)} does not exist or is not a folder")
-            images, labels, source = _load_idx_dir(name, roots)
+            present = [r for r in roots if r.is_dir()]
+            if not present:
+                missing = ", ".join(map(str, roots)) or repr(data_dir)
+                raise ValueError(f"data directory {missing} does not exist or is not a folder. " + _ways_out(name))
+            images, labels, source = _load_idx_dir(name, present, skipped=[r for r in roots if not r.is_dir()])
         else:
             images, labels, source = _load_keras(name)
         max_value = 255.0
@@ -417,6 +454,10 @@ def prepare(
     flatten : bool
         ``True`` gives (n, h*w) rows for dense models, ``False`` (n, h, w, 1) for conv models.
     random_state : int
+        Seed, ``>= 0``. Each class is drawn (and split) with its own generator derived
+        from the seed and the class, so the images of a class are the same whatever
+        other classes or anomalies are drawn with it; only the order of the training
+        rows depends on all of them.
 
     Returns
     -------
@@ -433,11 +474,17 @@ def prepare(
     if not 0.0 < float(test_size) < 1.0:
         raise ValueError(f"test_size must be between 0 and 1 (exclusive), got {test_size}")
 
+    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0:
+        raise ValueError(f"random_state (the seed) must be an integer >= 0, got {random_state!r}")
     counts = dataset.counts()
-    rng = np.random.default_rng(random_state)
     labels = dataset.labels
 
-    def draw(cls, n, what):
+    def class_rng(cls):
+        # One generator per class, derived from the seed and the class alone: the images drawn
+        # for a class do not depend on which other classes are drawn with it.
+        return np.random.default_rng(np.random.SeedSequence(int(random_state), spawn_key=(int(cls),)))
+
+    def draw(cls, n, what, rng):
         rows = np.flatnonzero(labels == cls)
         if n is None:
             return rows
@@ -452,8 +499,8 @@ def prepare(
 
     train_rows, test_rows = [], []
     for cls in classes:
-        rows = draw(cls, n_per_class, "n_per_class")
-        rows = rng.permutation(rows)
+        rng = class_rng(cls)
+        rows = rng.permutation(draw(cls, n_per_class, "n_per_class", rng))
         n_test = int(round(len(rows) * float(test_size)))
         if n_test < 1 or n_test >= len(rows):
             raise ValueError(
@@ -462,7 +509,8 @@ def prepare(
             )
         test_rows.append(rows[:n_test])
         train_rows.append(rows[n_test:])
-    train_idx = rng.permutation(np.concatenate(train_rows))
+    # Only the order of the training rows depends on every class: shuffled with the seed itself.
+    train_idx = np.random.default_rng(int(random_state)).permutation(np.concatenate(train_rows))
     test_idx = np.sort(np.concatenate(test_rows))
 
     anomaly_rows = []
@@ -472,7 +520,7 @@ def prepare(
             n = min(default_n, counts.get(cls, 0))
         else:
             n = n_per_anomaly
-        anomaly_rows.append(draw(cls, n, "n_per_anomaly"))
+        anomaly_rows.append(draw(cls, n, "n_per_anomaly", class_rng(cls)))
     anomaly_idx = np.concatenate(anomaly_rows) if anomaly_rows else np.zeros(0, dtype=np.int64)
 
     def take(idx):
