@@ -11,9 +11,12 @@ from signatures.experiment import Experiment, ExperimentConfig
 from signatures.paths import assign_paths
 from signatures.separation import (
     DEFAULT_RULE,
+    INPUT_LAYER,
     cka_matrix,
     cluster_agreement,
     first_separating_layer,
+    input_representation,
+    input_separation,
     label_silhouette,
     layer_cka,
     linear_cka,
@@ -253,7 +256,9 @@ def test_separation_table_on_real_mnist(small_experiment):
     table = separation_table(exp)
     assert [r["layer"] for r in table] == list(exp.layers)
     for row in table:
-        assert set(row) == {"layer", "label_silhouette", "nmi", "ari", "purity", "probe_accuracy", "cka_labels"}
+        assert set(row) == {"layer", "kind", "label_silhouette", "nmi", "ari", "purity", "probe_accuracy",
+                            "cka_labels"}
+        assert row["kind"] == "hidden"
         assert -1 <= row["label_silhouette"] <= 1 and -1 <= row["ari"] <= 1
         assert all(0 <= row[k] <= 1 for k in ("nmi", "purity", "probe_accuracy", "cka_labels"))
     assert table[-1]["probe_accuracy"] > 0.9  # a trained network's last hidden layer reads 1 vs 7
@@ -262,3 +267,80 @@ def test_separation_table_on_real_mnist(small_experiment):
     assert isinstance(reason, str) and reason
     M = layer_cka(exp)
     assert M.shape == (len(exp.layers),) * 2 and np.allclose(np.diag(M), 1.0)
+
+
+def test_real_input_row_is_the_reference_and_never_the_separating_layer(small_experiment):
+    exp = small_experiment
+    table = separation_table(exp, include_input=True)
+    assert [r["layer"] for r in table] == [INPUT_LAYER, *exp.layers]
+    row = table[0]
+    assert row["kind"] == "input" and "PCA to 50 components of 784" in row["representation"]
+    assert row["probe_accuracy"] > 0.9  # 1 vs 7 is linearly readable from the pixels already
+    assert table[1:] == separation_table(exp)
+    layer, reason = first_separating_layer(table)
+    assert layer == first_separating_layer(table[1:])[0] and layer != INPUT_LAYER
+    assert "For reference, the input itself (pixels (PCA to 50" in reason
+    assert f"NMI of clusters and classes {row['nmi']:.3f}" in reason
+    assert input_separation(exp) == row  # seeded: same numbers again
+
+
+# --------------------------------------------------------------------------- the raw input as a reference row
+
+
+def with_images(exp, images):
+    exp.images = images
+    return exp
+
+
+def test_input_row_of_images_that_show_the_class_exactly():
+    """Images whose left half is lit for 1s and right half for 7s: the input separates perfectly."""
+    exp = network_case("noise")
+    images = np.zeros((exp.n_rows, 4, 4), dtype=np.uint8)
+    images[exp.labels == 1, :, :2] = 255
+    images[exp.labels == 7, :, 2:] = 255
+    row = input_separation(with_images(exp, images))
+    assert row["layer"] == INPUT_LAYER and row["kind"] == "input"
+    assert row["representation"] == "pixels (16 features)"  # 16 pixels < 50: no PCA
+    assert row["nmi"] == 1.0 and row["ari"] == 1.0 and row["purity"] == 1.0 and row["k"] == 2
+    assert row["probe_accuracy"] == 1.0 and row["label_silhouette"] == pytest.approx(1.0)
+    assert row["cka_labels"] == pytest.approx(1.0)
+    X, what = input_representation(exp)
+    np.testing.assert_array_equal(X[exp.labels == 1][0], [1, 1, 0, 0] * 4)
+    table = separation_table(exp, include_input=True)
+    layer, reason = first_separating_layer(table)
+    assert layer == "h2"  # the rule picks among hidden layers even though the input meets it
+    assert reason.endswith("For reference, the input itself (pixels (16 features)) has NMI of clusters and classes "
+                           "1.000, linear-probe accuracy 1.000: it already meets the rule.")
+
+
+def test_input_row_of_constant_images_carries_nothing():
+    exp = network_case("noise")  # every image is zeros
+    row = input_separation(exp)
+    assert row["k"] == 1 and row["nmi"] == 0.0 and row["ari"] == 0.0
+    assert row["label_silhouette"] == 0.0 and row["cka_labels"] == 0.0
+    assert row["probe_accuracy"] <= 0.6
+    reason = first_separating_layer(separation_table(exp, include_input=True))[1]
+    assert reason.endswith("linear-probe accuracy " + f"{row['probe_accuracy']:.3f}" + ": it does not meet the rule.")
+
+
+def test_input_pca_is_fitted_on_training_rows_and_seeded(rng):
+    exp = network_case("noise")
+    images = rng.integers(0, 256, size=(exp.n_rows, 10, 10)).astype(np.uint8)
+    X, what = input_representation(with_images(exp, images), n_components=7)
+    assert X.shape == (exp.n_rows, 7) and what.startswith("pixels (PCA to 7 components of 100, ")
+    train = exp.split == 0
+    np.testing.assert_allclose(X[train].mean(axis=0), 0.0, atol=1e-12)  # centred on the training rows
+    np.testing.assert_array_equal(input_representation(exp, n_components=7)[0], X)
+
+
+def test_input_row_bad_values_are_named():
+    exp = network_case("noise")
+    for bad in (0, 2.5, True, "50"):
+        with pytest.raises(ValueError, match=f"n_components must be a positive integer, got {bad!r}"):
+            input_representation(exp, n_components=bad)
+    with pytest.raises(ValueError, match="include_input must be True or False, got 'yes'"):
+        separation_table(exp, include_input="yes")
+    with pytest.raises(ValueError, match=r"one input image per row \(240\).*got 3"):
+        input_separation(with_images(exp, np.zeros((3, 2, 2), dtype=np.uint8)))
+    with pytest.raises(ValueError, match="table is empty; it needs one row per hidden layer"):
+        first_separating_layer([{"layer": "input", "kind": "input", "nmi": 1.0, "probe_accuracy": 1.0}])
