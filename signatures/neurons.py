@@ -17,6 +17,15 @@ Active and dead neurons
     example 0.5 for a sigmoid, its value at input 0), or look for constant
     columns (``np.ptp(X, axis=0) == 0``), which carry no information for any activation.
 
+Dead and constant layers
+    A *constant* neuron has the same activation for every input (``np.ptp == 0``); it
+    carries nothing about the input for any activation function, and its AUROC is 0.5
+    for every group. A layer's ``status`` (:func:`layer_status`) is ``"dead"`` when every
+    neuron is dead, ``"constant"`` when every neuron is constant but not all are dead
+    (a saturated layer), and ``"ok"`` otherwise. Nothing about the input passes through a
+    dead or constant layer, so the findings name such layers first and never cite their
+    neurons, and no neuron that is constant is ever a signature neuron of a summary.
+
 Effect sizes
     For a group of inputs (the *members*: a class, a cluster or a path) against all
     other inputs, the *AUROC* of a neuron is the probability that a random member
@@ -38,6 +47,8 @@ __all__ = [
     "neuron_order",
     "active_fraction",
     "dead_neurons",
+    "constant_neurons",
+    "layer_status",
     "auroc_per_neuron",
     "cohens_d",
     "signature_neurons",
@@ -237,6 +248,45 @@ def dead_neurons(X, *, threshold=0.0):
     """
     X = _check_X(X)
     return np.flatnonzero(~np.any(X > threshold, axis=0)).astype(np.int64)
+
+
+def constant_neurons(X):
+    """Neurons whose activation is the same for every input (they carry no information).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+
+    Returns
+    -------
+    ndarray of shape (n_constant,), int
+        Column indices, ascending.
+    """
+    X = _check_X(X)
+    return np.flatnonzero(np.ptp(X, axis=0) == 0).astype(np.int64)
+
+
+def layer_status(X, *, threshold=0.0):
+    """Whether a layer passes anything on: ``"dead"``, ``"constant"`` or ``"ok"``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_units)
+    threshold : float, default 0.0
+        As in :func:`dead_neurons`.
+
+    Returns
+    -------
+    str
+        ``"dead"`` when every neuron is dead, ``"constant"`` when every neuron is constant
+        (and not all dead), ``"ok"`` otherwise.
+    """
+    X = _check_X(X)
+    if len(dead_neurons(X, threshold=threshold)) == X.shape[1]:
+        return "dead"
+    if len(constant_neurons(X)) == X.shape[1]:
+        return "constant"
+    return "ok"
 
 
 # --------------------------------------------------------------------------- effect sizes
@@ -468,8 +518,11 @@ def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, 
         ``n_rows`` (in-distribution rows used);
         ``means`` (n_units, n_classes); ``order`` (n_units,) from :func:`neuron_order`;
         ``preferred`` (n_units,) class of each neuron and ``selectivity`` (n_units,);
-        ``active_fraction`` (n_units,); ``dead`` (indices) and ``n_dead``;
-        ``signatures``: class -> :func:`signature_neurons` (class vs other trained classes);
+        ``active_fraction`` (n_units,); ``dead`` (indices) and ``n_dead``; ``constant``
+        (indices of neurons with one value for every row) and ``n_constant``; ``status``
+        (:func:`layer_status`);
+        ``signatures``: class -> :func:`signature_neurons` (class vs other trained classes),
+        constant neurons left out (an empty list for a dead or constant layer);
         ``top_rows``: class -> {neuron: row indices of ``exp`` activating it most};
         ``anomalies``: anomaly class -> :func:`anomaly_profile`.
     """
@@ -485,14 +538,20 @@ def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, 
     X, y = np.asarray(X_all, dtype=np.float64)[known], labels[known]
     means = class_means(X, y, classes)
     dead = dead_neurons(X, threshold=threshold)
+    constant = constant_neurons(X)
+    status = layer_status(X, threshold=threshold)
+    varying = np.setdiff1d(np.arange(X.shape[1]), constant)
     preferred, selectivity = class_preference(means)
     signatures, top_rows = {}, {}
     for c in classes:
         members = y == c
-        if members.all():
+        if members.all() or len(varying) == 0:
             signatures[c], top_rows[c] = [], {}
             continue
-        signatures[c] = signature_neurons(X, members, top=top)
+        found = signature_neurons(X[:, varying], members, top=top)
+        for s in found:
+            s["neuron"] = int(varying[s["neuron"]])
+        signatures[c] = found
         top_rows[c] = {s["neuron"]: known[top_activating(X, s["neuron"], k=k)] for s in signatures[c]}
     out_rows = rows[split[rows] == 2]
     wanted = exp.anomalies if anomalies is None else anomalies
@@ -518,6 +577,9 @@ def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, 
         "active_fraction": active_fraction(X, threshold=threshold),
         "dead": dead,
         "n_dead": int(len(dead)),
+        "constant": constant,
+        "n_constant": int(len(constant)),
+        "status": status,
         "signatures": signatures,
         "top_rows": top_rows,
         "anomalies": profiles,

@@ -14,7 +14,9 @@ from signatures.neurons import (
     class_means,
     class_preference,
     cohens_d,
+    constant_neurons,
     dead_neurons,
+    layer_status,
     layer_neuron_summary,
     neuron_order,
     signature_neurons,
@@ -224,10 +226,46 @@ def test_layer_neuron_summary_on_a_hand_made_experiment(rng):
     rows = s["top_rows"][1][0]
     assert len(rows) == 4 and set(y[rows]) == {1} and set(split[rows]) <= {0, 1}  # rows of exp, no anomalies
     assert list(s["anomalies"]) == [3] and s["anomalies"][3]["exceeds_all"].tolist() == [2]
+    assert s["status"] == "ok" and s["constant"].tolist() == [2, 3] and s["n_constant"] == 2
     only_train = layer_neuron_summary(exp, "h1", rows=exp.rows("train"))
     assert only_train["n_rows"] == 40 and only_train["anomalies"] == {}
     with pytest.raises(ValueError, match="layer must be one of"):
         layer_neuron_summary(exp, "h9")
+
+
+def test_constant_neurons_and_layer_status_exact():
+    X = np.array([[0.0, 2.0, 0.5], [0.0, 2.0, 0.7], [0.0, 2.0, 0.1]])
+    assert constant_neurons(X).tolist() == [0, 1]
+    assert layer_status(X) == "ok"
+    assert layer_status(np.zeros((4, 3))) == "dead"
+    assert layer_status(np.full((4, 3), -1.0)) == "dead"  # never above 0
+    assert layer_status(np.full((4, 2), 0.5)) == "constant"  # saturated: one value, above 0
+    assert layer_status(np.full((4, 2), 0.5), threshold=0.5) == "dead"
+
+
+def test_summary_of_a_dead_or_constant_layer_names_no_signature_neuron(rng):
+    """A layer whose neurons carry nothing (AUROC 0.5 everywhere) has no signature neurons."""
+    y = np.repeat([1, 7], 20)
+    split = np.tile([0, 1], 20)
+    live = np.column_stack([(y == 1) + 0.1 * rng.random(40), (y == 7) + 0.1 * rng.random(40)])
+    exp = make_experiment({"h1": live, "h2": np.zeros((40, 3)), "h3": np.full((40, 2), 0.7)}, y, split,
+                          anomalies=())
+    dead, saturated = layer_neuron_summary(exp, "h2"), layer_neuron_summary(exp, "h3")
+    assert dead["status"] == "dead" and dead["n_dead"] == 3 and dead["n_constant"] == 3
+    assert saturated["status"] == "constant" and saturated["n_dead"] == 0 and saturated["n_constant"] == 2
+    assert dead["signatures"] == {1: [], 7: []} and saturated["signatures"] == {1: [], 7: []}
+    assert dead["top_rows"] == {1: {}, 7: {}}
+    ok = layer_neuron_summary(exp, "h1")
+    assert ok["status"] == "ok" and [abs(n["auroc"] - 0.5) for n in ok["signatures"][1]] == [0.5, 0.5]
+
+
+def test_constant_neurons_of_a_live_layer_are_never_signature_neurons(rng):
+    y = np.repeat([1, 7], 20)
+    X = np.column_stack([np.zeros(40), rng.random(40) + (y == 1), np.full(40, 3.0)])
+    exp = make_experiment({"h1": X}, y, np.tile([0, 1], 20), anomalies=())
+    s = layer_neuron_summary(exp, "h1", top=None)
+    assert [n["neuron"] for n in s["signatures"][1]] == [1]  # neurons 0 and 2 are constant
+    assert s["top_rows"][1][1].tolist() == top_activating(X, 1, k=16, rows=np.arange(40)).tolist()
 
 
 def test_layer_neuron_summary_on_real_mnist(small_experiment):
@@ -240,3 +278,4 @@ def test_layer_neuron_summary_on_real_mnist(small_experiment):
         # A trained layer has neurons that tell 1s from 7s well.
         assert abs(s["signatures"][1][0]["auroc"] - 0.5) > 0.4
         assert set(s["anomalies"]) == {3, 4}
+        assert s["status"] == "ok"
