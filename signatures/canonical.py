@@ -34,6 +34,20 @@ CANONICAL = (
 )
 
 
+def _kept(path):
+    """What is at ``path``, which exists and is not to be overwritten: "kept" if an experiment."""
+    from .store import is_experiment_folder, read_manifest
+
+    ok, why = is_experiment_folder(path)
+    if not ok:
+        return f"not built: {str(path)!r} exists but is not an experiment ({why}); move it away first"
+    try:
+        read_manifest(path)
+    except (ValueError, OSError) as exc:
+        return f"not built: {str(path)!r} is a damaged experiment ({exc}); rebuild it with --overwrite"
+    return "kept"
+
+
 def build_canonical(store, *, data_dir=None, only=None, overwrite=False, progress=None):
     """Run and save the canonical experiments that the store lacks.
 
@@ -52,7 +66,9 @@ def build_canonical(store, *, data_dir=None, only=None, overwrite=False, progres
     Returns
     -------
     dict[str, str]
-        Name -> "built in N s", "kept" or the error that stopped it.
+        Name -> "built in N s", "kept" (stored already) or "not built: " and the error that
+        stopped it (data not available, a folder in the way that is not an experiment, a
+        failed save, which leaves what was stored unchanged).
     """
     from dataclasses import replace
 
@@ -60,9 +76,11 @@ def build_canonical(store, *, data_dir=None, only=None, overwrite=False, progres
     from .data import DataUnavailableError
     from .experiment import run_experiment
     from .report import write_report
-    from .store import experiment_path, save_experiment
+    from .store import StoreError, check_output, experiment_path, save_experiment
 
     names = [c.name for c in CANONICAL]
+    if only is not None and (isinstance(only, str) or not all(isinstance(n, str) for n in only)):
+        raise ValueError(f"only must be a list of canonical names {names}, got {only!r}")
     unknown = sorted(set(only or ()) - set(names))
     if unknown:
         raise ValueError(f"no canonical experiment named {unknown}; they are {names}")
@@ -71,8 +89,13 @@ def build_canonical(store, *, data_dir=None, only=None, overwrite=False, progres
         if only and base.name not in only:
             continue
         path = experiment_path(store, base.name)
-        if path.exists() and not overwrite:
-            outcome[base.name] = "kept"
+        try:
+            check_output(path, overwrite=overwrite)
+        except FileExistsError:
+            outcome[base.name] = _kept(path)
+            continue
+        except (ValueError, StoreError) as exc:
+            outcome[base.name] = f"not built: {exc}"
             continue
         config = replace(base, all_unseen=True, data_dir=data_dir)
         say = (lambda stage, frac, msg, _n=base.name: progress(stage, frac, f"{_n}: {msg}")) if progress else None
@@ -81,10 +104,10 @@ def build_canonical(store, *, data_dir=None, only=None, overwrite=False, progres
         start = time.perf_counter()
         try:
             exp = run_experiment(config, progress=say)
-        except (DataUnavailableError, ValueError) as exc:
+            save_experiment(exp, path, overwrite=overwrite)
+        except (DataUnavailableError, ValueError, StoreError) as exc:
             outcome[base.name] = f"not built: {exc}"
             continue
-        save_experiment(exp, path, overwrite=overwrite)
         write_report(exp, path / "report.html", analysis=load_or_analyze(exp, path))
         outcome[base.name] = f"built in {time.perf_counter() - start:.0f} s"
     return outcome

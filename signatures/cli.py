@@ -1,30 +1,118 @@
-"""Command line: ``python -m signatures run|report|list``.
+"""Command line: ``python -m signatures COMMAND``.
 
-``run`` carries out a whole experiment and writes its folder (stored results and a
-self-contained ``report.html``); ``report`` re-draws the report of a stored experiment
-without TensorFlow; ``list`` shows the experiments under a folder.
+Commands:
+
+- ``run``: carry out a whole experiment and write its folder (stored results and a
+  self-contained ``report.html``);
+- ``report``: re-draw the report of a stored experiment, without TensorFlow;
+- ``list``: list the experiments in a store, and the damaged ones;
+- ``canonical``: build the original study's canonical experiments into a store;
+- ``serve``: serve the web site (landing page, Builder, Gallery, Layers and neurons).
+
+Every option is checked before any work starts (and before TensorFlow is imported). A bad
+value, missing data or a damaged file exits with status 2 and one message that names the
+option or file and what to do; an unexpected failure exits with status 1 and one line
+(``SIGNATURES_DEBUG=1`` shows its traceback); Ctrl-C exits with status 130. No traceback
+reaches the user otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 
 from .data import DATASETS, DataUnavailableError
 from .experiment import ExperimentConfig
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "OPTION_WORDS"]
+
+#: Config field -> the ``run`` option that sets it; messages about a field name the option.
+OPTION_WORDS = {
+    "name": "--name",
+    "dataset": "--dataset",
+    "digits": "--digits",
+    "anomalies": "--anomalies",
+    "all_unseen": "--all-unseen",
+    "n_per_class": "--n-per-class",
+    "test_size": "--test-size",
+    "arch": "--arch",
+    "hidden": "--hidden",
+    "activation": "--activation",
+    "filters": "--filters",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "k_min": "--k-min",
+    "k_max": "--k-max",
+    "k_range": "the K range (--k-min .. --k-max)",
+    "sample_size": "--sample-size",
+    "umap_points": "--umap-points",
+    "reduce": "--reduce",
+    "seed": "--seed",
+    "model_path": "--model",
+    "data_dir": "--data-dir",
+}
+
+#: Most preheated kernels ``serve`` keeps per page (a Builder kernel takes about 1 GiB).
+MAX_POOL_SIZE = 16
+
+#: Environment variable that makes an unexpected error print its traceback.
+DEBUG_ENV = "SIGNATURES_DEBUG"
+
+_OUT_OF_MEMORY = ("MemoryError", "ResourceExhaustedError", "OutOfMemoryError")
+
+
+class _UsageError(Exception):
+    """argparse's complaint, carried out of the parser instead of exiting."""
+
+    def __init__(self, message, usage):
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message, self.format_usage())
+
+
+def _number(text):
+    """A command-line number as int, else float, else the text itself (the config names it)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _optional_count(text):
+    return None if text.strip().lower() in ("all", "none") else _number(text)
+
+
+def _store_help():
+    return ("store folder (default: $SIGNATURES_STORE if set, else runs/ at the checkout root; "
+            "here %s)" % _default_store_text())
+
+
+def _default_store_text():
+    from .store import default_store
+
+    return str(default_store())
 
 
 def _config_from_args(args):
     defaults = ExperimentConfig()
     out = Path(args.out)
-    config = ExperimentConfig(
-        name=args.name or out.name,
+    return ExperimentConfig(
+        name=args.name if args.name is not None else out.name,
         dataset=args.dataset,
         digits=tuple(args.digits),
         anomalies=tuple(args.anomalies),
+        all_unseen=args.all_unseen,
         n_per_class=args.n_per_class,
         test_size=args.test_size,
         arch=args.arch,
@@ -43,20 +131,27 @@ def _config_from_args(args):
         model_path=str(args.model) if args.model else None,
         data_dir=str(args.data_dir) if args.data_dir else None,
     )
-    return config.validate()
 
 
 def _cmd_run(args):
-    from .experiment import print_progress, run_experiment
-    from .store import check_name, save_experiment
+    from .store import check_name, check_output
 
     config = _config_from_args(args)
-    check_name(config.name)
+    problems = config.problems(words=OPTION_WORDS)
+    try:
+        check_name(config.name)
+    except ValueError as exc:
+        problems["name"] = f"{'--name' if args.name is not None else 'the --out folder name'}: {exc}"
+    if problems:
+        for message in problems.values():
+            print(f"error: {message}", file=sys.stderr)
+        return 2
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{str(out)!r} exists already; choose another --out or pass --overwrite")
-    if args.model and not Path(args.model).is_file():
-        raise FileNotFoundError(f"model file {str(args.model)!r} does not exist")
+    check_output(out, overwrite=args.overwrite)  # before any work: exists, not an experiment, not writable
+
+    from .experiment import print_progress, run_experiment
+    from .store import save_experiment
+
     exp = run_experiment(config, progress=None if args.quiet else print_progress)
     save_experiment(exp, out, overwrite=args.overwrite)
     from .analysis import load_or_analyze
@@ -75,37 +170,73 @@ def _cmd_run(args):
     return 0
 
 
+#: What reading a damaged stored experiment raises besides ValueError: missing keys, arrays
+#: of the wrong length, values of the wrong type.
+_DAMAGE_ERRORS = (KeyError, IndexError, TypeError, AttributeError)
+
+
 def _cmd_report(args):
+    from .analysis import load_or_analyze
     from .report import write_report
     from .store import load_experiment
 
-    from .analysis import load_or_analyze
-
-    exp = load_experiment(args.folder)
-    out = write_report(exp, Path(args.folder) / "report.html", analysis=load_or_analyze(exp, args.folder))
+    folder = Path(args.folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"experiment folder {str(folder)!r} does not exist; give the folder of a stored "
+                                "experiment (see 'python -m signatures list')")
+    try:
+        exp = load_experiment(folder)
+        analysis = load_or_analyze(exp, folder)
+        out = write_report(exp, folder / "report.html", analysis=analysis)
+    except _DAMAGE_ERRORS as exc:
+        raise ValueError(
+            f"the experiment in {str(folder)!r} is damaged or inconsistent ({_what(exc)}, {type(exc).__name__}); "
+            "rebuild it with 'python -m signatures run ... --overwrite' or remove it") from exc
     print(f"wrote {out}")
     return 0
 
 
-def _cmd_list(args):
-    from .store import list_experiments
+def _store_root(args):
+    from .store import default_store
 
-    rows = list_experiments(args.root)
-    if not rows:
-        print(f"no complete experiments under {args.root}")
-    for m in rows:
-        c = m["config"]
-        arch = f"{c['arch']} {'-'.join(map(str, c['hidden']))}"
-        print(f"{m['name']:<24} {c['dataset']:<14} digits {c['digits']} anomalies {c['anomalies']} "
-              f"{arch:<14} accuracy {m['metrics']['accuracy']:.4f}")
+    root = Path(args.store) if args.store is not None else default_store()
+    if not root.exists():
+        raise FileNotFoundError(f"store folder {str(root)!r} does not exist; give an existing folder "
+                                "(or set SIGNATURES_STORE)")
+    if not root.is_dir():
+        raise ValueError(f"store {str(root)!r} is a file, not a folder; give the folder that holds the experiments")
+    return root
+
+
+def _cmd_list(args):
+    from .store import scan_store
+
+    root = _store_root(args)
+    manifests, damaged = scan_store(root)
+    if not manifests and not damaged:
+        print(f"no experiments in {root}")
+    for m in manifests:
+        try:
+            c = m["config"]
+            arch = f"{c['arch']} {'-'.join(map(str, c['hidden']))}"
+            line = (f"{m['name']:<24} {c['dataset']:<14} digits {c['digits']} anomalies {c['anomalies']} "
+                    f"{arch:<14} accuracy {float(m['metrics']['accuracy']):.4f}")
+        except (KeyError, TypeError, ValueError) as exc:
+            damaged.append((m.get("name", "?"), f"its manifest lacks or mangles {_what(exc)}"))
+            continue
+        print(line)
+    for name, reason in damaged:
+        print(f"{name:<24} damaged: {reason}")
     return 0
 
 
 def _cmd_canonical(args):
     from .canonical import build_canonical
     from .experiment import print_progress
+    from .store import default_store
 
-    outcome = build_canonical(args.store, data_dir=str(args.data_dir) if args.data_dir else None,
+    store = Path(args.store) if args.store is not None else default_store()
+    outcome = build_canonical(store, data_dir=str(args.data_dir) if args.data_dir else None,
                               only=args.only, overwrite=args.overwrite,
                               progress=None if args.quiet else print_progress)
     for name, what in outcome.items():
@@ -114,90 +245,198 @@ def _cmd_canonical(args):
 
 
 def _cmd_serve(args):
-    from .site import serve
-    from .store import list_experiments
+    from .store import default_store, list_experiments
 
-    if not list_experiments(args.store):
-        print(f"note: no stored experiments in {args.store}/ yet; build the canonical ones with "
-              f"'python -m signatures canonical --store {args.store}' (the Builder page adds more)")
+    problems = []
+    if not 1 <= args.port <= 65535:
+        problems.append(f"--port must be a whole number from 1 to 65535, got {args.port}")
+    for option, value in (("--pool-size", args.pool_size), ("--gallery-pool-size", args.gallery_pool_size)):
+        if value is not None and not 0 <= value <= MAX_POOL_SIZE:
+            problems.append(f"{option} must be a whole number from 0 to {MAX_POOL_SIZE}, got {value}")
+    store = Path(args.store) if args.store is not None else default_store()
+    if store.exists() and not store.is_dir():
+        problems.append(f"--store {str(store)!r} is a file, not a folder")
+    if problems:
+        for message in problems:
+            print(f"error: {message}", file=sys.stderr)
+        return 2
+    from .site import serve
+
+    if not list_experiments(store):
+        print(f"note: no stored experiments in {store}/ yet; build the canonical ones with "
+              f"'python -m signatures canonical --store {store}' (the Builder page adds more)")
     print(f"serving on http://{args.address}:{args.port}/ (Ctrl-C to stop); the Builder's kernels warm up "
           "TensorFlow and UMAP in the background for about a minute after start")
-    serve(port=args.port, address=args.address, store=args.store,
+    serve(port=args.port, address=args.address, store=store,
           data_dir=str(args.data_dir) if args.data_dir else None, pool_size=args.pool_size,
           gallery_pool_size=args.gallery_pool_size)
     return 0
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m signatures", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    """The argument parser of ``python -m signatures``; bad usage raises instead of exiting."""
+    p = _Parser(prog="python -m signatures", description="Follow a classifier's inputs through its hidden layers.",
+                epilog="Every command has its own --help.", formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=20))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                           parser_class=_Parser)
 
-    r = sub.add_parser("run", help="train, extract, cluster, build paths, project; write results and report.html")
+    r = sub.add_parser("run", help="train, extract, cluster, build paths, project; write results and report.html",
+                       description="Carry out one experiment and write its folder and report.html.")
     r.add_argument("--out", required=True, help="experiment folder to write (e.g. runs/1v7)")
     r.add_argument("--name", help="experiment name (default: the --out folder's name)")
     r.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
     r.add_argument("--data-dir", type=Path,
                    help="folder of IDX files to read instead of downloading (default: $SIGNATURES_DATA_DIR)")
-    r.add_argument("--digits", nargs="+", type=int, default=[1, 7], help="classes to train on (default 1 7)")
-    r.add_argument("--anomalies", nargs="*", type=int, default=[], help="unseen classes to insert (e.g. 3 4)")
-    r.add_argument("--n-per-class", type=int, default=None, help="images per trained class (default: all)")
-    r.add_argument("--test-size", type=float, default=0.2, help="held-out share per class (default 0.2)")
+    r.add_argument("--digits", nargs="+", type=_number, default=[1, 7], help="classes to train on (default 1 7)")
+    r.add_argument("--anomalies", nargs="*", type=_number, default=[], help="unseen classes to insert (e.g. 3 4)")
+    r.add_argument("--all-unseen", action="store_true",
+                   help="also keep the held-out images of every class not trained on, so any unseen class can be "
+                        "inserted later (as the site and the canonical experiments do)")
+    r.add_argument("--n-per-class", type=_optional_count, default=None,
+                   help="images per trained class, 2..10000 (default: all)")
+    r.add_argument("--test-size", type=_number, default=0.2, help="held-out share per class (default 0.2)")
     r.add_argument("--arch", choices=["mlp", "cnn"], default="mlp")
     r.add_argument("--hidden", nargs="*", type=str, default=None,
-                   help="dense hidden sizes (default 64 32 for mlp, 32 for cnn)")
+                   help="dense hidden sizes, each at most 4096 (default 64 32 for mlp, 32 for cnn)")
     r.add_argument("--activation", default="relu")
-    r.add_argument("--filters", nargs="+", type=str, default=["8", "16"], help="conv filters per block (cnn)")
-    r.add_argument("--epochs", type=int, default=5)
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--k-min", type=int, default=2)
-    r.add_argument("--k-max", type=int, default=10)
-    r.add_argument("--sample-size", type=int, default=2000, help="rows used to choose K per layer")
-    r.add_argument("--umap-points", type=int, default=3000, help="most rows projected per layer")
+    r.add_argument("--filters", nargs="+", type=str, default=["8", "16"],
+                   help="conv filters per block (cnn), each at most 4096")
+    r.add_argument("--epochs", type=_number, default=5, help="training epochs, 1..200 (default 5)")
+    r.add_argument("--batch-size", type=_number, default=64, help="training batch, 1..4096 (default 64)")
+    r.add_argument("--k-min", type=_number, default=2, help="smallest K of the silhouette search (default 2)")
+    r.add_argument("--k-max", type=_number, default=10,
+                   help="largest K, at most 100 and below the training images (default 10)")
+    r.add_argument("--sample-size", type=_number, default=2000,
+                   help="rows used to choose K per layer, up to 20000 (default 2000)")
+    r.add_argument("--umap-points", type=_number, default=3000,
+                   help="most rows projected per layer, 4..20000 (default 3000)")
     r.add_argument("--reduce", choices=["mean", "flatten"], default="mean", help="conv maps to rows")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=_number, default=0, help="0..2147483647 (default 0); same seed, same result")
     r.add_argument("--model", type=Path, help="your own trained .keras model (skips training)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing experiment folder")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     r.set_defaults(func=_cmd_run)
 
-    rep = sub.add_parser("report", help="re-draw report.html of a stored experiment (no TensorFlow)")
-    rep.add_argument("folder", type=Path)
+    rep = sub.add_parser("report", help="re-draw report.html of a stored experiment (no TensorFlow)",
+                         description="Re-draw report.html of a stored experiment, without TensorFlow.")
+    rep.add_argument("folder", type=Path, help="the experiment's folder (e.g. runs/1v7)")
     rep.set_defaults(func=_cmd_report)
 
-    can = sub.add_parser("canonical", help="build the original study's canonical experiments into a store")
-    can.add_argument("--store", type=Path, default=Path("runs"), help="store folder (default runs)")
+    ls = sub.add_parser("list", help="list the experiments in a store (and the damaged ones)",
+                        description="List the complete experiments in a store, then the damaged ones with why.")
+    ls.add_argument("store", type=Path, nargs="?", default=None, help=_store_help())
+    ls.set_defaults(func=_cmd_list)
+
+    can = sub.add_parser("canonical", help="build the original study's canonical experiments into a store",
+                         description="Build the original study's canonical experiments that the store lacks.")
+    can.add_argument("--store", type=Path, default=None, help=_store_help())
     can.add_argument("--data-dir", type=str, help="IDX folder(s), separated by ':' (default: $SIGNATURES_DATA_DIR)")
     can.add_argument("--only", nargs="+", help="build only these names")
     can.add_argument("--overwrite", action="store_true", help="rebuild experiments already stored")
     can.add_argument("--quiet", action="store_true")
     can.set_defaults(func=_cmd_canonical)
 
-    srv = sub.add_parser("serve", help="serve the web site (landing page, Builder, Gallery) with Voila")
-    srv.add_argument("--port", type=int, default=8866)
+    srv = sub.add_parser("serve", help="serve the web site (landing page, Builder, Gallery) with Voila",
+                         description="Serve the web site with Voila.")
+    srv.add_argument("--port", type=int, default=8866, help="port, 1..65535 (default 8866)")
     srv.add_argument("--address", default="127.0.0.1", help="address to listen on (default loopback only)")
-    srv.add_argument("--store", type=Path, default=Path("runs"), help="store folder (default runs)")
+    srv.add_argument("--store", type=Path, default=None, help=_store_help())
     srv.add_argument("--data-dir", type=str, help="IDX folder(s) for the Builder (default: $SIGNATURES_DATA_DIR)")
     srv.add_argument("--pool-size", type=int, default=1,
-                     help="preheated kernels kept ready per page (default 1; a Builder kernel takes about 1 GiB)")
+                     help=f"preheated kernels kept ready per page, 0..{MAX_POOL_SIZE} "
+                          "(default 1; a Builder kernel takes about 1 GiB)")
     srv.add_argument("--gallery-pool-size", type=int, default=None,
-                     help="preheated kernels kept ready for the Gallery page (default twice --pool-size; "
-                          "about 300 MiB each)")
+                     help=f"preheated kernels kept ready for the Gallery page, 0..{MAX_POOL_SIZE} "
+                          "(default twice --pool-size; about 300 MiB each)")
     srv.set_defaults(func=_cmd_serve)
-
-    ls = sub.add_parser("list", help="list the complete experiments under a folder")
-    ls.add_argument("root", type=Path, nargs="?", default=Path("runs"))
-    ls.set_defaults(func=_cmd_list)
     return p
 
 
+# ---------------------------------------------------------------------------------------
+# Errors as the user reads them
+# ---------------------------------------------------------------------------------------
+
+def _what(exc):
+    """The text of an exception, never empty."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return text or type(exc).__name__
+
+
+def _names(exc, *names):
+    return any(c.__name__ in names for c in type(exc).__mro__)
+
+
+def _target(args):
+    """The file or folder the command works on, for messages that lack one."""
+    for attr in ("out", "folder", "store"):
+        value = getattr(args, attr, None)
+        if value is not None:
+            return str(value)
+    return "the store"
+
+
+def _explain(exc, args):
+    """``(status, message)`` for an exception that reached :func:`main`."""
+    # zipfile.BadZipFile, gzip.BadGzipFile (an OSError), EOFError, zlib.error: a truncated or tampered file
+    if _names(exc, "BadZipFile", "BadGzipFile", "EOFError") or (
+            type(exc).__name__ == "error" and type(exc).__module__ == "zlib"):
+        where = getattr(exc, "filename", None) or _target(args)
+        return 2, (f"a file is damaged or truncated while reading {where} ({_what(exc)}, {type(exc).__name__}); "
+                   "download the data again, or rebuild the experiment with --overwrite")
+    if isinstance(exc, (ValueError, DataUnavailableError)):
+        return 2, _what(exc)
+    if isinstance(exc, MemoryError) or _names(exc, *_OUT_OF_MEMORY):
+        hint = ("choose smaller --hidden / --filters, a smaller --batch-size or fewer --n-per-class"
+                if getattr(args, "command", None) == "run" else "free some memory and try again")
+        return 2, f"out of memory ({type(exc).__name__}): {hint}"
+    if isinstance(exc, OSError):
+        path = exc.filename or _target(args)
+        code = exc.errno
+        if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return 2, (f"no space left on the disk while writing {path}: free some space (or write elsewhere) "
+                       "and run again")
+        if code == errno.EROFS:
+            return 2, f"{path} is on a read-only file system: write to another folder"
+        if code in (errno.EACCES, errno.EPERM):
+            return 2, f"permission denied for {path}: choose a folder you can write to, or change its permissions"
+        if isinstance(exc, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)) \
+                or type(exc).__name__ == "StoreError":
+            if exc.strerror and exc.filename and str(exc.filename) not in exc.strerror:
+                return 2, f"{exc.filename}: {exc.strerror}"
+            return 2, exc.strerror or _what(exc)
+    return 1, (f"{_what(exc)} ({type(exc).__name__}); set {DEBUG_ENV}=1 to see the traceback, "
+               "and report it if it persists")
+
+
 def main(argv=None):
-    """Entry point; returns the exit status (2 for bad input or missing data)."""
-    args = build_parser().parse_args(argv)
+    """Entry point; returns the exit status.
+
+    0 on success, 2 for bad input (an option, missing data, a damaged or unwritable file),
+    1 for an unexpected failure (one line; ``SIGNATURES_DEBUG=1`` prints the traceback),
+    130 when interrupted.
+    """
     try:
-        return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError, DataUnavailableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        try:
+            args = build_parser().parse_args(argv)
+        except _UsageError as exc:
+            print(exc.usage.rstrip(), file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else 0
+        try:
+            return args.func(args)
+        except Exception as exc:  # the outermost boundary: one message, never a raw traceback
+            status, message = _explain(exc, args)
+            if os.environ.get(DEBUG_ENV):
+                import traceback
+
+                traceback.print_exc()
+            print(f"error: {message}", file=sys.stderr)
+            return status
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

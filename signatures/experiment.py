@@ -25,25 +25,68 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from . import paths as _paths
-from ._checks import check_activation, parse_hidden
-from .clustering import check_k_range
+from ._checks import MAX_LAYERS, MAX_UNITS, check_activation, check_int, is_int, parse_hidden
 from .data import DATASETS, check_classes
 
-__all__ = ["ExperimentConfig", "Experiment", "run_experiment", "SPLITS", "print_progress"]
+__all__ = ["ExperimentConfig", "Experiment", "run_experiment", "SPLITS", "print_progress", "FIELD_WORDS"]
 
 #: Codes of the ``split`` column.
 SPLITS = {"train": 0, "test": 1, "anomaly": 2}
 
 ARCHITECTURES = ("mlp", "cnn")
 
+# Upper bounds of one experiment's choices. They keep a run within the memory and time of a
+# shared server (the site runs visitors' experiments side by side); the messages name them.
+#: Most images per trained class (MNIST has at most 7,877 of a digit, Fashion-MNIST 7,000).
+MAX_N_PER_CLASS = 10_000
+#: Most training epochs.
+MAX_EPOCHS = 200
+#: Largest training batch.
+MAX_BATCH_SIZE = 4096
+#: Largest K of the silhouette search.
+MAX_K = 100
+#: Most rows used to choose K per layer (the silhouette needs their pairwise distances).
+MAX_SAMPLE_SIZE = 20_000
+#: Most rows projected by UMAP per layer.
+MAX_UMAP_POINTS = 20_000
+#: Largest seed (seeds are 0 .. 2**31 - 1).
+MAX_SEED = 2**31 - 1
+#: Fewest rows a UMAP map can be fitted on (:class:`signatures.projection.Projection`).
+MIN_UMAP_FIT_ROWS = 4
 
-def _ints(values, what):
-    if isinstance(values, str):
-        values = values.replace(",", " ").split()
-    try:
-        return tuple(int(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be integers, got {values!r}") from None
+#: Field -> the word a user sees for it in messages. Apps and the CLI pass their own words
+#: (``problems(words={"n_per_class": "images per digit"})`` or option names); ``k_range``
+#: names the K range as a whole.
+FIELD_WORDS = {
+    "name": "experiment name",
+    "dataset": "dataset",
+    "digits": "digits",
+    "anomalies": "anomaly digits",
+    "all_unseen": "all unseen",
+    "n_per_class": "images per class",
+    "test_size": "held-out share",
+    "arch": "architecture",
+    "hidden": "hidden sizes",
+    "activation": "activation",
+    "filters": "conv filters",
+    "epochs": "epochs",
+    "batch_size": "batch size",
+    "k_min": "smallest K",
+    "k_max": "largest K",
+    "k_range": "K range",
+    "sample_size": "sample size",
+    "umap_points": "UMAP points",
+    "reduce": "reduce",
+    "seed": "seed",
+    "model_path": "model file",
+    "data_dir": "data folder",
+}
+
+
+def _path_like(value):
+    import os
+
+    return isinstance(value, (str, os.PathLike))
 
 
 @dataclass
@@ -63,27 +106,36 @@ class ExperimentConfig:
         so that any unseen class can be inserted later from stored activations;
         ``anomalies`` stay the ones highlighted by default.
     n_per_class : int or None
-        Images per trained class; ``None`` takes all of them.
+        Images per trained class (2 .. :data:`MAX_N_PER_CLASS`); ``None`` takes all of them.
     test_size : float
-        Held-out share of each trained class.
+        Held-out share of each trained class, strictly between 0 and 1.
     arch : {"mlp", "cnn"}
     hidden : tuple of int
-        Dense hidden layer sizes (MLP), or the dense layers after the conv blocks (CNN).
+        Dense hidden layer sizes (MLP), or the dense layers after the conv blocks (CNN);
+        each 1 .. :data:`~signatures._checks.MAX_UNITS`, at most
+        :data:`~signatures._checks.MAX_LAYERS` layers.
     activation : str
     filters : tuple of int
-        Conv filters per block (CNN only).
-    epochs, batch_size : int
+        Conv filters per block (CNN only), bounded as ``hidden``.
+    epochs : int
+        1 .. :data:`MAX_EPOCHS`.
+    batch_size : int
+        1 .. :data:`MAX_BATCH_SIZE`.
     k_min, k_max : int
-        K range of the silhouette search, inclusive.
+        K range of the silhouette search, inclusive, 2 .. :data:`MAX_K`; ``k_max`` must be
+        below the number of training rows.
     sample_size : int
-        Rows used to choose K per layer.
+        Rows used to choose K per layer, ``k_max + 1`` .. :data:`MAX_SAMPLE_SIZE`.
     umap_points : int
-        Most rows projected per layer (stratified sample; anomalies included).
+        Most rows projected per layer (stratified sample; anomalies included),
+        :data:`MIN_UMAP_FIT_ROWS` .. :data:`MAX_UMAP_POINTS`; the sample must hold at
+        least :data:`MIN_UMAP_FIT_ROWS` in-distribution rows to fit the map on.
     reduce : {"mean", "flatten"}
         How conv feature maps become rows.
     seed : int
+        0 .. :data:`MAX_SEED`.
     model_path : str or None
-        A user's own trained ``.keras`` model: used as is, not trained.
+        A user's own trained ``.keras`` model (an existing file): used as is, not trained.
     data_dir : str or None
         Folder of IDX files (see :mod:`signatures.data`); not part of the config key.
     """
@@ -110,90 +162,241 @@ class ExperimentConfig:
     model_path: str | None = None
     data_dir: str | None = None
 
-    def _check_dataset(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
+    # ------------------------------------------------------------------ one field each
 
-    def _check_classes(self, what):
-        known = set(range(len(DATASETS.get(self.dataset, range(10)))))
-        setattr(self, what, check_classes(_ints(getattr(self, what), what), known, what,
-                                          context=f"for {self.dataset}"))
+    def _class_names(self):
+        return DATASETS.get(self.dataset) if isinstance(self.dataset, str) else None
 
-    def _check_digits(self):
-        self._check_classes("digits")
+    def _check_dataset(self, w):
+        if not isinstance(self.dataset, str) or self.dataset not in DATASETS:
+            raise ValueError(f"{w['dataset']} must be one of {sorted(DATASETS)}, got {self.dataset!r}")
+
+    def _check_classes(self, what, w):
+        word = w[what]
+        names = self._class_names()
+        n_classes = len(names) if names else 10
+        context = f"for {self.dataset}" if names else ""
+        allowed = f"whole numbers from 0 to {n_classes - 1}" + (f" {context}" if context else "")
+        values = getattr(self, what)
+        if not isinstance(values, (list, tuple)) and not (isinstance(values, np.ndarray) and values.ndim == 1):
+            raise ValueError(f"{word} must be a list of {allowed}, e.g. [1, 7]; got {values!r}")
+        bad = [v for v in values if not is_int(v)]
+        if bad:
+            raise ValueError(f"{word} must be {allowed}, got {bad[0]!r}")
+        setattr(self, what, check_classes([int(v) for v in values], set(range(n_classes)), word, context=context))
+
+    def _check_digits(self, w):
+        self._check_classes("digits", w)
         if len(self.digits) < 2:
-            raise ValueError(f"train on at least 2 digits (classes), got {list(self.digits)}")
+            raise ValueError(f"train on at least 2 digits (classes): {w['digits']} must list at least 2, "
+                             f"got {list(self.digits)}")
 
-    def _check_anomalies(self):
-        self._check_classes("anomalies")
-        both = sorted(set(_ints(self.digits, "digits")) & set(self.anomalies))
-        if both:
-            raise ValueError(f"digits {both} are both trained and anomalies; an anomaly must be unseen in training")
+    def _check_anomalies(self, w):
+        self._check_classes("anomalies", w)
 
-    def _check_n_per_class(self):
+    def _check_all_unseen(self, w):
+        if not isinstance(self.all_unseen, (bool, np.bool_)):
+            raise ValueError(f"{w['all_unseen']} must be True or False, got {self.all_unseen!r}")
+        self.all_unseen = bool(self.all_unseen)
+
+    def _check_n_per_class(self, w):
         if self.n_per_class is not None:
-            n = self.n_per_class
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer, float)) or int(n) != n or n < 2:
-                raise ValueError(f"n_per_class (images per class) must be an integer >= 2, or empty for all images; got {n!r}")
-            self.n_per_class = int(n)
+            self.n_per_class = check_int(self.n_per_class, w["n_per_class"], low=2, high=MAX_N_PER_CLASS,
+                                         allow_float=True, hint=", or none for all images")
 
-    def _check_arch(self):
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {list(ARCHITECTURES)}, got {self.arch!r}")
+    def _check_test_size(self, w):
+        t = self.test_size
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(t) or not 0.0 < float(t) < 1.0:
+            raise ValueError(f"{w['test_size']} must be a number between 0 and 1 (exclusive), got {t!r}")
+        self.test_size = float(t)
 
-    def _check_hidden(self):
-        self.hidden = parse_hidden(self.hidden) if (self.arch != "cnn" or len(self.hidden)) else ()
+    def _check_arch(self, w):
+        if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
+            raise ValueError(f"{w['arch']} must be one of {list(ARCHITECTURES)}, got {self.arch!r}")
 
-    def _check_filters(self):
-        self.filters = parse_hidden(self.filters)
+    def _check_hidden(self, w):
+        h = self.hidden
+        empty = isinstance(h, (list, tuple)) and len(h) == 0 or isinstance(h, str) and not h.strip()
+        self.hidden = () if (empty and self.arch == "cnn") else parse_hidden(h, what=w["hidden"])
 
-    def _check_activation(self):
-        check_activation(self.activation)
+    def _check_filters(self, w):
+        self.filters = parse_hidden(self.filters, what=w["filters"])
 
-    def _check_counts(self):
-        for what in ("epochs", "batch_size", "sample_size", "umap_points"):
-            value = getattr(self, what)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{what} must be a positive integer, got {value!r}")
-            setattr(self, what, int(value))
+    def _check_activation(self, w):
+        check_activation(self.activation, what=w["activation"])
 
-    def _check_k_range(self):
+    def _check_epochs(self, w):
+        self.epochs = check_int(self.epochs, w["epochs"], low=1, high=MAX_EPOCHS)
+
+    def _check_batch_size(self, w):
+        self.batch_size = check_int(self.batch_size, w["batch_size"], low=1, high=MAX_BATCH_SIZE)
+
+    def _check_k_range(self, w):
+        hint = " (a silhouette needs at least two clusters)"
+        self.k_min = check_int(self.k_min, w["k_min"], low=2, high=MAX_K, hint=hint)
+        self.k_max = check_int(self.k_max, w["k_max"], low=2, high=MAX_K, hint=hint)
         if self.k_min > self.k_max:
-            raise ValueError(f"K range is inverted: k_min = {self.k_min} > k_max = {self.k_max}")
-        check_k_range(range(self.k_min, self.k_max + 1))
+            raise ValueError(f"{w['k_range']} is inverted: {w['k_min']} = {self.k_min} > {w['k_max']} = {self.k_max}")
 
-    def _check_rest(self):
-        if not 0.0 < float(self.test_size) < 1.0:
-            raise ValueError(f"test_size must be between 0 and 1 (exclusive), got {self.test_size}")
-        if self.reduce not in ("mean", "flatten"):
-            raise ValueError(f"reduce must be 'mean' or 'flatten', got {self.reduce!r}")
+    def _check_sample_size(self, w):
+        self.sample_size = check_int(self.sample_size, w["sample_size"], low=3, high=MAX_SAMPLE_SIZE)
+
+    def _check_umap_points(self, w):
+        self.umap_points = check_int(self.umap_points, w["umap_points"], low=MIN_UMAP_FIT_ROWS,
+                                     high=MAX_UMAP_POINTS)
+
+    def _check_reduce(self, w):
+        if not isinstance(self.reduce, str) or self.reduce not in ("mean", "flatten"):
+            raise ValueError(f"{w['reduce']} must be 'mean' or 'flatten', got {self.reduce!r}")
+
+    def _check_seed(self, w):
+        self.seed = check_int(self.seed, w["seed"], low=0, high=MAX_SEED)
+
+    def _check_model_path(self, w):
+        import os
+
+        if self.model_path is None:
+            return
+        if not _path_like(self.model_path) or not str(self.model_path).strip():
+            raise ValueError(f"{w['model_path']} must be the path of a trained .keras model, got {self.model_path!r}")
+        if not os.path.isfile(self.model_path):
+            raise ValueError(f"{w['model_path']} {os.fspath(self.model_path)!r} does not exist or is not a file; "
+                             "give the path of a trained .keras model")
+        self.model_path = os.fspath(self.model_path)
+
+    def _check_data_dir(self, w):
+        import os
+
+        if self.data_dir is None:
+            return
+        if not _path_like(self.data_dir) or not str(self.data_dir).strip():
+            raise ValueError(f"{w['data_dir']} must be a folder path (or several joined by ':'), "
+                             f"got {self.data_dir!r}")
+        self.data_dir = os.fspath(self.data_dir)
 
     #: Field (as an app names its control) -> check, in the order they are reported.
     _CHECKS = (
         ("dataset", "_check_dataset"), ("digits", "_check_digits"), ("anomalies", "_check_anomalies"),
-        ("n_per_class", "_check_n_per_class"), ("arch", "_check_arch"), ("hidden", "_check_hidden"),
-        ("filters", "_check_filters"), ("activation", "_check_activation"), ("epochs", "_check_counts"),
-        ("k_range", "_check_k_range"), ("other", "_check_rest"),
+        ("all_unseen", "_check_all_unseen"), ("n_per_class", "_check_n_per_class"),
+        ("test_size", "_check_test_size"), ("arch", "_check_arch"), ("hidden", "_check_hidden"),
+        ("filters", "_check_filters"), ("activation", "_check_activation"), ("epochs", "_check_epochs"),
+        ("batch_size", "_check_batch_size"), ("k_range", "_check_k_range"), ("sample_size", "_check_sample_size"),
+        ("umap_points", "_check_umap_points"), ("reduce", "_check_reduce"), ("seed", "_check_seed"),
+        ("model_path", "_check_model_path"), ("data_dir", "_check_data_dir"),
     )
 
-    def problems(self):
+    # ------------------------------------------------------------------ across fields
+
+    def _class_label(self, c):
+        names = self._class_names() or ()
+        if self.dataset in ("mnist", "digits"):
+            return f"digit {c}"
+        return f"class {c} ({names[c]})" if c < len(names) else f"class {c}"
+
+    def unseen_classes(self):
+        """Classes whose held-out images become anomaly rows: ``anomalies``, or every class not
+        trained on when ``all_unseen``."""
+        if self.all_unseen:
+            return tuple(c for c in range(len(DATASETS[self.dataset])) if c not in self.digits)
+        return tuple(self.anomalies)
+
+    def _rows_problems(self, w, counts):
+        """Problems of the rows this config draws: images per class against the held-out share
+        and the data, the K range against the training rows, the UMAP sample against the rows."""
+        out = {}
+        if self.n_per_class is None and counts is None:
+            return out  # how many rows is known only from the data
+        counts = None if counts is None else {int(c): int(n) for c, n in counts.items()}
+        if counts is not None and self.n_per_class is not None:
+            short = {d: counts.get(d, 0) for d in self.digits if counts.get(d, 0) < self.n_per_class}
+            if short:
+                out["n_per_class"] = (
+                    f"{w['n_per_class']} = {self.n_per_class} but "
+                    + ", ".join(f"{self._class_label(d)} has only {n} images" for d, n in short.items())
+                    + f" in the data; choose {w['n_per_class']} <= {min(short.values())}")
+                return out
+        sizes = {d: self.n_per_class if self.n_per_class is not None else counts.get(d, 0) for d in self.digits}
+        split = {d: _held_out(n, self.test_size) for d, n in sizes.items()}
+        bad = {d: n for d, n in sizes.items() if not 1 <= split[d] < n}
+        if bad:
+            d, n = next(iter(bad.items()))
+            need = _fewest_images(self.test_size)
+            if self.n_per_class is not None:
+                key, fix = "n_per_class", (f"use {w['n_per_class']} >= {need}" if need else
+                                           f"choose another {w['test_size']}")
+            else:
+                key, fix = "digits", "train on classes with more images"
+            out[key] = (f"{self._class_label(d)} would have {n} images: too few to hold out a "
+                        f"{w['test_size']} of {self.test_size} of them ({split[d]} images) and train on the rest; "
+                        f"{fix}")
+            return out
+        n_train = {d: sizes[d] - split[d] for d in self.digits}
+        n_test = {d: split[d] for d in self.digits}
+        default_n = max(n_test.values())
+        unseen = {c: (default_n if counts is None else min(default_n, counts.get(c, 0)))
+                  for c in self.unseen_classes()}
+        out.update(_k_umap_problems(self, n_train, n_test, unseen, w))
+        return out
+
+    def problems(self, *, words=None, counts=None):
         """Every bad value at once: dict of field -> message (empty when all is well).
 
-        Fields are ``dataset``, ``digits``, ``anomalies``, ``n_per_class``, ``arch``,
-        ``hidden``, ``filters``, ``activation``, ``epochs`` (and the other counts),
-        ``k_range`` and ``other``; an app shows each message next to its control.
+        Normalises the good values on the way (``"64 32"`` becomes ``(64, 32)``, digits are
+        sorted). Fields are those of :attr:`_CHECKS`: ``dataset``, ``digits``, ``anomalies``,
+        ``all_unseen``, ``n_per_class``, ``test_size``, ``arch``, ``hidden``, ``filters``,
+        ``activation``, ``epochs``, ``batch_size``, ``k_range`` (``k_min`` and ``k_max``),
+        ``sample_size``, ``umap_points``, ``reduce``, ``seed``, ``model_path`` and ``data_dir``;
+        an app shows each message next to its control.
+
+        Parameters
+        ----------
+        words : dict[str, str], optional
+            Field -> the word the user sees for it (e.g. ``{"n_per_class": "images per digit"}``
+            in a page, ``{"n_per_class": "--n-per-class"}`` in the CLI); every message names
+            the field with it. Fields not given keep :data:`FIELD_WORDS`.
+        counts : dict[int, int], optional
+            Images per class in the loaded dataset (:meth:`signatures.data.Dataset.counts`).
+            With them, images per class are checked against the data, and the K range and the
+            UMAP sample against the training rows even when all images are taken; without them
+            these are checked only when ``n_per_class`` is set.
+
+        Returns
+        -------
+        dict[str, str]
         """
+        if words is not None and not isinstance(words, dict):
+            raise ValueError(f"words must be a dict of field -> word, got {words!r}")
+        w = dict(FIELD_WORDS)
+        w.update(words or {})
         out = {}
         for field_name, check in self._CHECKS:
             try:
-                getattr(self, check)()
+                getattr(self, check)(w)
             except ValueError as exc:
-                out[field_name] = str(exc)
+                out.setdefault(field_name, str(exc))
+        digits_known = isinstance(self.digits, tuple) and all(is_int(d) for d in self.digits)
+        if digits_known and not out.keys() & {"anomalies", "dataset"}:
+            both = sorted(set(self.digits) & set(self.anomalies))
+            if both:
+                out["anomalies"] = (f"{both} are both trained and anomalies: {w['anomalies']} must not list any "
+                                    f"of the {w['digits']} (an anomaly must be unseen in training)")
+        if not out.keys() & {"k_range", "sample_size"} and self.sample_size <= self.k_max:
+            out["sample_size"] = (f"{w['sample_size']} must be larger than {w['k_max']} = {self.k_max} "
+                                  f"(a silhouette of K clusters needs more than K rows), got {self.sample_size}")
+        needed = {"dataset", "digits", "anomalies", "all_unseen", "n_per_class", "test_size", "k_range",
+                  "umap_points"}
+        if not out.keys() & needed:
+            for key, message in self._rows_problems(w, counts).items():
+                out.setdefault(key, message)
         return out
 
-    def validate(self):
-        """Normalise the values and raise ValueError naming the first bad one."""
-        problems = self.problems()
+    def validate(self, *, words=None, counts=None):
+        """Normalise the values and raise ValueError naming the first bad one.
+
+        ``words`` and ``counts`` are those of :meth:`problems`. Returns ``self``.
+        """
+        problems = self.problems(words=words, counts=counts)
         if problems:
             raise ValueError(next(iter(problems.values())))
         return self
@@ -224,6 +427,72 @@ class ExperimentConfig:
         d.pop("name")
         d.pop("data_dir")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _held_out(n, test_size):
+    """Held-out images of a class of ``n`` images, as :func:`signatures.data.prepare` counts them."""
+    return int(round(n * float(test_size)))
+
+
+def _fewest_images(test_size):
+    """Fewest images per class that leave at least one held-out and one training image."""
+    for n in range(2, MAX_N_PER_CLASS + 1):
+        if 1 <= _held_out(n, test_size) < n:
+            return n
+    return None
+
+
+def _umap_fit_rows(in_counts, out_counts, max_points):
+    """How many in-distribution rows :func:`signatures.projection.choose_rows` fits a map on."""
+    in_counts = [c for c in in_counts if c > 0]
+    n = sum(in_counts) + sum(c for c in out_counts if c > 0)
+    if n <= max_points:
+        return sum(in_counts)
+    return sum(min(max(1, int(round(max_points * c / n))), c) for c in in_counts)
+
+
+def _k_umap_problems(config, n_train, n_test, n_unseen, w):
+    """The K range and the UMAP sample against the rows per class.
+
+    ``n_train`` / ``n_test``: trained class -> training / held-out rows; ``n_unseen``:
+    unseen class -> anomaly rows.
+    """
+    out = {}
+    total_train = sum(n_train.values())
+    if config.k_max > total_train - 1:
+        per_class = ", ".join(f"{n} of {config._class_label(d)}" for d, n in n_train.items())
+        fix = (f"choose {w['k_max']} <= {total_train - 1}" if total_train - 1 >= config.k_min else "")
+        fix = " or ".join(x for x in (fix, f"use more {w['n_per_class']}") if x)
+        out["k_range"] = (f"{w['k_range']} goes up to {w['k_max']} = {config.k_max} but only {total_train} "
+                          f"training images are clustered ({per_class}); K must be below the number of "
+                          f"clustered images: {fix}")
+    in_counts = [n_train[d] + n_test[d] for d in n_train]
+    out_counts = list(n_unseen.values())
+    fit = _umap_fit_rows(in_counts, out_counts, config.umap_points)
+    if fit < MIN_UMAP_FIT_ROWS:
+        total = sum(in_counts) + sum(out_counts)
+        need = next((p for p in range(config.umap_points + 1, max(total, config.umap_points) + 1)
+                     if _umap_fit_rows(in_counts, out_counts, p) >= MIN_UMAP_FIT_ROWS), None)
+        fix = f"use {w['umap_points']} >= {need}" if need else f"use more {w['n_per_class']}"
+        out["umap_points"] = (f"{w['umap_points']} = {config.umap_points} leaves only {fit} trained-class images "
+                              f"to fit the UMAP map on (the sample is shared with {len(out_counts)} unseen "
+                              f"classes); at least {MIN_UMAP_FIT_ROWS} are needed: {fix}")
+    return out
+
+
+def check_subset_rows(config, subset, *, words=None):
+    """Raise ValueError if ``subset``'s rows cannot carry ``config``'s K range or UMAP sample.
+
+    The exact check, once the subset is drawn and before any training (``config`` validated).
+    """
+    w = dict(FIELD_WORDS)
+    w.update(words or {})
+    n_train = {int(d): int(np.sum(subset.y_train == d)) for d in subset.classes}
+    n_test = {int(d): int(np.sum(subset.y_test == d)) for d in subset.classes}
+    unseen = {int(c): int(np.sum(subset.y_anomaly == c)) for c in np.unique(subset.y_anomaly)}
+    problems = _k_umap_problems(config, n_train, n_test, unseen, w)
+    if problems:
+        raise ValueError(next(iter(problems.values())))
 
 
 @dataclass
@@ -437,6 +706,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None):
     elif dataset.name != config.dataset:
         raise ValueError(f"the given dataset is {dataset.name!r} but the config asks for {config.dataset!r}")
     report("loading", 0.3, dataset.source)
+    config.validate(counts=dataset.counts())  # rows per class known now: still before TensorFlow
     lap("loading")
 
     report("startup", 0.0, "importing TensorFlow")
@@ -460,6 +730,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None):
                 f"model {model.name!r} has {n_out} outputs but {len(subset.classes)} digits are chosen "
                 f"({list(subset.classes)}); choose as many digits as the model has outputs"
             )
+    check_subset_rows(config, subset)
     report("loading", 1.0,
            f"{len(subset.y_train)} training, {len(subset.y_test)} held-out, {len(subset.y_anomaly)} anomaly images")
     lap("subset")

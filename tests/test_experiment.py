@@ -14,12 +14,12 @@ from signatures.experiment import SPLITS, ExperimentConfig, run_experiment
         ({"digits": (1, 12)}, r"digits must be in 0..9 for mnist, got \[12\]"),
         ({"hidden": ()}, "at least one layer size"),
         ({"hidden": ("64", "x")}, r"positive integers, got 'x'"),
-        ({"k_min": 6, "k_max": 3}, "K range is inverted: k_min = 6 > k_max = 3"),
-        ({"k_min": 1}, r"K >= 2"),
-        ({"epochs": 0}, "epochs must be a positive integer"),
-        ({"n_per_class": 1}, r"n_per_class \(images per class\) must be an integer >= 2"),
+        ({"k_min": 6, "k_max": 3}, "K range is inverted: smallest K = 6 > largest K = 3"),
+        ({"k_min": 1}, r"smallest K must be a whole number from 2 to 100 .*, got 1"),
+        ({"epochs": 0}, "epochs must be a whole number from 1 to 200, got 0"),
+        ({"n_per_class": 1}, r"images per class must be a whole number from 2 to 10000, or none for all images, got 1"),
         ({"dataset": "cifar"}, "dataset must be one of"),
-        ({"arch": "rnn"}, "arch must be one of"),
+        ({"arch": "rnn"}, "architecture must be one of"),
         ({"activation": "wiggle"}, "activation must be one of"),
     ],
 )
@@ -38,7 +38,8 @@ def test_config_key_ignores_name_and_folder():
 
 def test_more_images_than_available():
     config = ExperimentConfig(digits=(1, 7), n_per_class=5000)
-    with pytest.raises(ValueError, match=r"n_per_class=5000 but class 1 \(1\) has only 1135"):
+    with pytest.raises(ValueError, match=r"images per class = 5000 but digit 1 has only 1135 images, digit 7 has only "
+                                         r"1028 images in the data; choose images per class <= 1028"):
         run_experiment(config)
 
 
