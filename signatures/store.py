@@ -8,25 +8,46 @@ Layout of an experiment folder::
                     (act/<layer>), cluster centers (centers/<layer>) and UMAP map (emb/<layer>)
     model.keras     the trained model (absent only if it could not be saved)
     report.html     the self-contained report, when one was written
+    analysis.json   the answers to the three questions, when computed
 
-Atomicity: everything is written into a hidden temporary folder beside the target,
-which is renamed into place only when complete. A run killed half-way leaves only a
-``.<name>.tmp-*`` folder, which :func:`list_experiments` ignores and :func:`load_experiment`
-refuses. Overwriting swaps folders the same way, so the old experiment stays whole
-until the new one is.
+Nothing stored is lost or half-written:
+
+- Everything is written into a hidden temporary folder beside the target
+  (``.<name>.tmp-<host>-<pid>-*``), flushed to disk, and put in place by one rename.
+- A new name is taken with a rename that refuses to replace (Linux ``renameat2``
+  ``RENAME_NOREPLACE``): of two saves racing for one name exactly one wins, the other
+  gets :class:`FileExistsError`.
+- Overwriting exchanges the old and the new folder in one atomic step (``RENAME_EXCHANGE``);
+  where the file system cannot, the old folder is first moved aside and moved back by the
+  next reader if the process died in between. At every instant the name shows either the
+  old or the new complete experiment.
+- Overwrite only ever replaces a folder that is a complete experiment; any other folder is
+  refused, naming it and what it holds.
+- Leftover temporary folders of killed runs (their process is gone) are removed on the next
+  save or listing of that store.
+- A damaged experiment (unreadable manifest or arrays) raises :class:`ValueError` naming the
+  file; :func:`scan_store` lists it by name and goes on with the rest.
+- A failed write (disk full, read-only folder) raises :class:`StoreError`, which says what
+  happened and that the experiment stored there before is unchanged.
 
 Loading imports no TensorFlow: the clusters are rebuilt from their centers.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
+import zipfile
+import zlib
 from collections import OrderedDict
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +58,14 @@ from .experiment import Experiment, ExperimentConfig
 
 __all__ = [
     "FORMAT_VERSION",
+    "StoreError",
     "save_experiment",
     "load_experiment",
     "read_manifest",
     "list_experiments",
+    "scan_store",
+    "check_output",
+    "is_experiment_folder",
     "experiment_path",
     "check_name",
     "write_file_atomic",
@@ -51,8 +76,16 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 MODEL = "model.keras"
+#: Files a complete experiment folder may hold besides those its manifest lists.
+EXTRA_FILES = ("report.html", "analysis.json")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[^/]*")
+
+
+class StoreError(OSError):
+    """A write to the store failed (disk full, read-only folder, ...); nothing stored was changed."""
 
 
 def default_store():
@@ -76,9 +109,10 @@ def check_name(name):
     """Return ``name`` if it is a safe experiment name, else raise ValueError.
 
     Allowed: 1-64 letters, digits, ``_``, ``-`` and ``.``, starting with a letter or
-    digit, and no ``..``: a name can never become a path outside the store.
+    digit, and no ``..``: a name can never become a path outside the store. The whole
+    name must match (a trailing newline is refused too).
     """
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise ValueError(
             f"experiment name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit, with no '/' and no '..'"
@@ -95,6 +129,140 @@ def experiment_path(root, name):
     return path
 
 
+# ---------------------------------------------------------------------------------------
+# Atomic renames
+# ---------------------------------------------------------------------------------------
+
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_libc = None
+
+
+def _renameat2(src, dst, flags):
+    """Linux ``renameat2``; False where the system or file system cannot do it."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.renameat2  # noqa: B018  (glibc >= 2.28)
+        except (OSError, AttributeError):
+            _libc = False
+    if not _libc:
+        return False
+    result = _libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags)
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _rename_new(src, dst):
+    """Rename ``src`` to ``dst``; FileExistsError if ``dst`` exists, even in a race."""
+    try:
+        if _renameat2(src, dst, _RENAME_NOREPLACE):
+            return
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, "exists already", str(dst)) from None
+        raise
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "exists already", str(dst))
+    try:
+        os.rename(src, dst)  # fails on a non-empty folder, which every experiment is
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(errno.EEXIST, "exists already", str(dst)) from None
+        raise
+
+
+def _exchange(new, path):
+    """Put the folder ``new`` at ``path`` and the old ``path`` at ``new``, atomically if possible."""
+    if _renameat2(new, path, _RENAME_EXCHANGE):
+        return
+    # Fallback: move the old one aside first; a reader that finds ``path`` missing moves it back.
+    aside = _temp_folder(path, "old")
+    os.rename(path, aside / "old")
+    _checkpoint("old moved aside")
+    os.rename(new, path)
+    os.rename(aside / "old", new)
+    os.rmdir(aside)
+
+
+def _checkpoint(step):
+    """Called between the steps of a save; fault-injection tests replace it to kill the process."""
+
+
+# ---------------------------------------------------------------------------------------
+# Temporary folders and their leftovers
+# ---------------------------------------------------------------------------------------
+
+
+def _temp_folder(path, kind):
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{_HOST}-{os.getpid()}-", dir=path.parent))
+
+
+def _process_alive(pid, since):
+    """Whether process ``pid`` runs and started before ``since`` (a pid reused later does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        started = os.stat(f"/proc/{pid}").st_mtime
+    except OSError:
+        return True
+    return started <= since + 1.0
+
+
+def clean_leftovers(root):
+    """Remove temporary folders of saves whose process is gone; recover a moved-aside experiment.
+
+    Only folders made on this host are judged (a shared store may be written from several
+    machines). Returns the names removed or recovered. Errors (a read-only store) are ignored.
+    """
+    root = Path(root)
+    done = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return done
+    for entry in entries:
+        m = _LEFTOVER.fullmatch(entry.name)
+        if not m or m["host"] != _HOST or not entry.is_dir():
+            continue
+        try:
+            made = entry.stat().st_mtime
+            if _process_alive(int(m["pid"]), made):
+                continue
+            target = root / m["name"]
+            old = entry / "old"
+            if m["kind"] == "old" and old.is_dir() and not os.path.lexists(target):
+                os.rename(old, target)  # a killed fallback exchange: the old experiment comes back
+                done.append(f"recovered {target.name}")
+            shutil.rmtree(entry)
+            done.append(f"removed {entry.name}")
+        except OSError:
+            continue
+    return done
+
+
+def _recover(path):
+    """If ``path`` vanished in a killed fallback exchange, move the old experiment back."""
+    path = Path(path)
+    if not os.path.lexists(path) and path.parent.is_dir():
+        clean_leftovers(path.parent)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+
 def write_file_atomic(path, data):
     """Write ``data`` (str or bytes) to ``path`` through a temporary file and a rename."""
     path = Path(path)
@@ -103,6 +271,8 @@ def write_file_atomic(path, data):
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a served report must be readable
@@ -150,6 +320,76 @@ def _manifest(exp):
     }
 
 
+def is_experiment_folder(path):
+    """``(True, "")`` if ``path`` is a folder that overwrite may replace, else ``(False, why)``.
+
+    That is a folder whose manifest was written by this tool and which holds nothing but
+    the manifest's files, ``report.html`` and ``analysis.json`` (a damaged experiment of
+    this tool counts; a folder of other things never does).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return False, "it is not a folder"
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    entries = sorted(p.name for p in path.iterdir())
+
+    def shown(names):
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    if not isinstance(manifest, dict) or "format" not in manifest or "config" not in manifest:
+        holds = f"; it holds {shown(entries)}" if entries else "; it is empty"
+        return False, f"it has no {MANIFEST} of a signatures experiment{holds}"
+    files = manifest.get("files")
+    known = {MANIFEST, *EXTRA_FILES, *(files if isinstance(files, dict) else ())}
+    foreign = [n for n in entries if n not in known and not (n.startswith(".") and n[1:].split(".", 1)[0] in
+                                                               {k.split(".", 1)[0] for k in known})]
+    if foreign:
+        return False, f"it holds other things too: {shown(foreign)}"
+    return True, ""
+
+
+def check_output(path, *, overwrite=False):
+    """Check, before any work, that an experiment can be saved at ``path``.
+
+    Raises
+    ------
+    ValueError
+        A bad experiment name, or ``overwrite`` of a folder that is not a complete experiment.
+    FileExistsError
+        ``path`` exists and ``overwrite`` is off.
+    StoreError
+        The folder cannot be written (read-only, not a folder, no permission).
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    check_name(path.name) if path.name else None
+    _recover(path)
+    if os.path.lexists(path):
+        if not overwrite:
+            raise FileExistsError(
+                f"{str(path)!r} exists already; choose another name or output folder, or overwrite it explicitly")
+        ok, why = is_experiment_folder(path)
+        if not ok:
+            raise ValueError(
+                f"{str(path)!r} is not a complete experiment ({why}); overwrite only ever replaces an experiment "
+                "folder: choose another output folder, or move its contents away first")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}-", dir=parent))
+        probe.rmdir()
+    except OSError as exc:
+        raise StoreError(exc.errno, f"cannot write in {str(parent)!r} ({exc.strerror or exc}); "
+                         "choose an output folder you can write to") from None
+    return path
+
+
 def save_experiment(exp, path, *, overwrite=False, save_model=True):
     """Write ``exp`` to the folder ``path``, atomically.
 
@@ -159,43 +399,82 @@ def save_experiment(exp, path, *, overwrite=False, save_model=True):
     path : str or Path
         Target folder; its parent is created if needed.
     overwrite : bool
-        Replace an existing experiment there. Without it, an existing folder is an error
-        and is left untouched.
+        Replace an existing experiment there, in one atomic exchange. Without it an
+        existing folder is an error and is left untouched; with it, a folder that is not a
+        complete experiment is refused all the same.
     save_model : bool
         Also save ``exp.model`` as ``model.keras`` (needs TensorFlow, which made it).
 
     Returns
     -------
     Path
+
+    Raises
+    ------
+    FileExistsError, ValueError, StoreError
+        See :func:`check_output`; a failed write raises StoreError and changes nothing stored.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{str(path)!r} exists already; choose another name or output folder, or overwrite it explicitly"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    check_output(path, overwrite=overwrite)
+    clean_leftovers(path.parent)
+    existed = os.path.lexists(path)
+    tmp = _temp_folder(path, "tmp")
     try:
+        _checkpoint("folder made")
         with open(tmp / ARRAYS, "wb") as fh:
             np.savez(fh, **_arrays(exp))
+            fh.flush()
+            os.fsync(fh.fileno())
+        _checkpoint("arrays written")
         manifest = _manifest(exp)
         manifest["name"] = path.name  # the folder is the experiment's name in a store
         if save_model and exp.model is not None:
             exp.model.save(tmp / MODEL)
+        _checkpoint("model written")
         manifest["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         manifest["complete"] = True
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default), encoding="utf-8")
-        if path.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.rename(path, trash / "old")
-            os.rename(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
+        write_file_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1, default=_json_default))
+        _fsync_dir(tmp)
+        _checkpoint("manifest written")
+        if overwrite and os.path.lexists(path):
+            ok, why = is_experiment_folder(path)  # again: it may have changed during the work
+            if not ok:
+                raise ValueError(f"{str(path)!r} is not a complete experiment ({why}); it was left as it is")
+            _exchange(tmp, path)
+            _checkpoint("exchanged")
+            shutil.rmtree(tmp)  # now the old experiment
         else:
-            os.rename(tmp, path)
+            _rename_new(tmp, path)
+            _checkpoint("renamed")
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (FileExistsError, StoreError)):
+            if isinstance(exc, FileExistsError) and not isinstance(exc, StoreError):
+                raise FileExistsError(
+                    f"{str(path)!r} exists already (another save took this name first); choose another name "
+                    "or overwrite it explicitly") from None
+            raise
+        kept = "the experiment stored there before is unchanged" if existed else "nothing was stored"
+        raise StoreError(exc.errno, f"could not save the experiment to {str(path)!r}: "
+                         f"{exc.strerror or exc}; {kept}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _json_default(value):
@@ -206,9 +485,79 @@ def _json_default(value):
     raise TypeError(f"cannot store {type(value).__name__} in a manifest")
 
 
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+def _is_int(v):
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+def _check_manifest(manifest, file):
+    """Raise ValueError naming ``file`` and the first part of ``manifest`` that is not as written."""
+    def bad(what):
+        raise ValueError(f"{file} is damaged: {what}; rebuild this experiment or remove its folder")
+
+    if not isinstance(manifest, dict):
+        bad(f"it holds a {type(manifest).__name__}, not an object")
+    if not manifest.get("complete"):
+        raise ValueError(f"{str(file.parent)!r} is not a complete experiment (its manifest is not marked complete)")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{str(file.parent)!r} has store format {manifest.get('format')!r}; this version reads format "
+            f"{FORMAT_VERSION}")
+    config = manifest.get("config")
+    if not isinstance(config, dict):
+        bad("'config' is missing or not an object")
+    try:
+        ExperimentConfig.from_dict(config)
+    except (TypeError, ValueError) as exc:
+        bad(f"'config' does not hold an experiment's settings ({exc})")
+    for key in ("digits", "anomalies", "hidden", "filters"):
+        if key in config and not (isinstance(config[key], list) and all(_is_int(v) for v in config[key])):
+            bad(f"config '{key}' must be a list of integers, got {config[key]!r}")
+    for key in ("dataset", "arch"):
+        if key in config and not isinstance(config[key], str):
+            bad(f"config '{key}' must be text, got {config[key]!r}")
+    layers = manifest.get("layers")
+    if not (isinstance(layers, list) and layers and all(isinstance(n, str) for n in layers)
+            and len(set(layers)) == len(layers)):
+        bad(f"'layers' must be a non-empty list of distinct layer names, got {layers!r}")
+    for key in ("classes", "anomalies"):
+        if not (isinstance(manifest.get(key), list) and all(_is_int(v) for v in manifest[key])):
+            bad(f"'{key}' must be a list of integers, got {manifest.get(key)!r}")
+    names = manifest.get("class_names")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        bad(f"'class_names' must be a list of names, got {names!r}")
+    if not _is_int(manifest.get("n_rows")) or manifest["n_rows"] < 0:
+        bad(f"'n_rows' must be a count, got {manifest.get('n_rows')!r}")
+    metrics = manifest.get("metrics")
+    if not isinstance(metrics, dict):
+        bad("'metrics' is missing or not an object")
+    accuracy = metrics.get("accuracy")
+    if not (_is_num(accuracy) and 0.0 <= accuracy <= 1.0):
+        bad(f"the accuracy must be a number from 0 to 1, got {accuracy!r}")
+    files = manifest.get("files")
+    if not (isinstance(files, dict) and ARRAYS in files
+            and all(isinstance(k, str) and _is_int(v) for k, v in files.items())):
+        bad(f"'files' must map file names to sizes and include {ARRAYS}, got {files!r}")
+    clustering = manifest.get("clustering")
+    if not (isinstance(clustering, dict) and all(isinstance(clustering.get(n), dict) for n in layers)):
+        bad("'clustering' must hold the fitted state of every layer")
+    for key in ("timings", "info"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            bad(f"'{key}' must be an object, got {manifest[key]!r}")
+
+
 def read_manifest(path):
-    """The manifest of a complete experiment folder (a dict); raise if it is not one."""
+    """The manifest of a complete experiment folder (a dict); ValueError naming what is wrong if not."""
     path = Path(path)
+    _recover(path)
     file = path / MANIFEST
     if not path.is_dir():
         raise FileNotFoundError(f"no experiment folder at {str(path)!r}")
@@ -216,19 +565,52 @@ def read_manifest(path):
         raise ValueError(f"{str(path)!r} holds no {MANIFEST}: not a complete experiment (a killed run?)")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file} is damaged: {exc}") from exc
-    if not manifest.get("complete"):
-        raise ValueError(f"{str(path)!r} is not a complete experiment")
-    if manifest.get("format") != FORMAT_VERSION:
-        raise ValueError(
-            f"{str(path)!r} has store format {manifest.get('format')!r}; this version reads format {FORMAT_VERSION}"
-        )
-    for name, size in manifest.get("files", {}).items():
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file} is damaged: {exc}; rebuild this experiment or remove its folder") from None
+    except OSError as exc:
+        raise ValueError(f"{file} cannot be read: {exc.strerror or exc}") from None
+    _check_manifest(manifest, file)
+    for name, size in manifest["files"].items():
         f = path / name
-        if not f.is_file() or f.stat().st_size != size:
+        if Path(name).name != name or not f.is_file() or f.stat().st_size != size:
             raise ValueError(f"{f} is missing or has the wrong size: the experiment is damaged")
     return manifest
+
+
+def _read_arrays(file):
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{file} is damaged ({type(exc).__name__}: {exc}); rebuild this experiment") from None
+
+
+def _check_arrays(arrays, manifest, file):
+    """ValueError naming ``file`` unless the arrays agree with each other and the manifest."""
+    layers = manifest["layers"]
+    need = ["labels", "split", "images", "probs", "paths"]
+    need += [f"{kind}/{n}" for n in layers for kind in ("act", "centers", "emb")]
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise ValueError(f"{file} lacks the arrays {missing[:6]}: the experiment is damaged")
+    n = manifest["n_rows"]
+    for key in ["labels", "split", "images", "probs", "paths"] + [f"{k}/{l}" for l in layers for k in ("act", "emb")]:
+        if arrays[key].ndim < 1 or len(arrays[key]) != n:
+            raise ValueError(f"{file}: '{key}' has {len(arrays[key]) if arrays[key].ndim else 0} rows, the manifest "
+                             f"says {n}: the experiment is damaged")
+    paths = arrays["paths"]
+    if paths.ndim != 2 or paths.shape[1] != len(layers) or not np.issubdtype(paths.dtype, np.integer):
+        raise ValueError(f"{file}: 'paths' has shape {paths.shape}, expected ({n}, {len(layers)}) integers")
+    if arrays["probs"].ndim != 2 or arrays["probs"].shape[1] != len(manifest["classes"]):
+        raise ValueError(f"{file}: 'probs' has shape {arrays['probs'].shape}, expected ({n}, "
+                         f"{len(manifest['classes'])})")
+    for j, name in enumerate(layers):
+        centers, act = arrays[f"centers/{name}"], arrays[f"act/{name}"]
+        if centers.ndim != 2 or act.ndim != 2 or centers.shape[1] != act.shape[1]:
+            raise ValueError(f"{file}: layer {name!r} has centers of shape {centers.shape} for activations of "
+                             f"shape {act.shape}: the experiment is damaged")
+        if len(paths) and (paths[:, j].min() < 0 or paths[:, j].max() >= len(centers)):
+            raise ValueError(f"{file}: layer {name!r} has cluster ids outside 0..{len(centers) - 1}")
 
 
 def load_experiment(path):
@@ -237,20 +619,32 @@ def load_experiment(path):
     The returned :class:`Experiment` has ``model=None``; its clusterers predict from
     the stored centers. Load the model with ``signatures.models.load_model(path / "model.keras")``
     when it is needed.
+
+    Raises
+    ------
+    FileNotFoundError
+        No folder at ``path``.
+    ValueError
+        The folder is not a complete experiment or is damaged; the message names the file.
     """
     path = Path(path)
     manifest = read_manifest(path)
-    with np.load(path / ARRAYS, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = _read_arrays(path / ARRAYS)
+    _check_arrays(arrays, manifest, path / ARRAYS)
     layers = manifest["layers"]
     clusterers = OrderedDict()
     train = arrays["split"] == 0
-    for name in layers:
-        clusterers[name] = LayerKMeans.from_dict(
-            manifest["clustering"][name], arrays[f"centers/{name}"], arrays["paths"][train, layers.index(name)]
-        )
+    try:
+        for name in layers:
+            clusterers[name] = LayerKMeans.from_dict(
+                manifest["clustering"][name], arrays[f"centers/{name}"], arrays["paths"][train, layers.index(name)]
+            )
+        config = ExperimentConfig.from_dict(manifest["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path / MANIFEST} is damaged: its clustering state cannot be read "
+                         f"({type(exc).__name__}: {exc})") from None
     return Experiment(
-        config=ExperimentConfig.from_dict(manifest["config"]),
+        config=config,
         layers=list(layers),
         classes=tuple(manifest["classes"]),
         anomalies=tuple(manifest["anomalies"]),
@@ -270,23 +664,55 @@ def load_experiment(path):
     )
 
 
-def list_experiments(root):
-    """Manifests of the complete experiments directly under ``root``, sorted by name.
+def scan_store(root):
+    """The complete experiments under ``root`` and the damaged ones, never failing on one of them.
 
-    Temporary folders of unfinished runs and damaged experiments are left out.
+    Parameters
+    ----------
+    root : str or Path
+        The store: a folder of experiment folders.
+
+    Returns
+    -------
+    manifests : list of dict
+        Manifests of the complete experiments, sorted by folder name, each with ``path``
+        and ``name`` (the folder's name) added.
+    damaged : list of (str, str)
+        ``(folder name, what is wrong)`` for every other visible folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``root`` does not exist. NotADirectoryError if it is a file.
     """
     root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"the store folder {str(root)!r} does not exist")
     if not root.is_dir():
-        return []
-    out = []
+        raise NotADirectoryError(f"the store {str(root)!r} is a file, not a folder")
+    clean_leftovers(root)
+    manifests, damaged = [], []
     for child in sorted(root.iterdir()):
         if child.name.startswith(".") or not child.is_dir():
             continue
         try:
             manifest = read_manifest(child)
-        except (ValueError, FileNotFoundError):
+        except (ValueError, OSError) as exc:
+            damaged.append((child.name, str(exc)))
             continue
         manifest["path"] = str(child)
         manifest["name"] = child.name
-        out.append(manifest)
-    return out
+        manifests.append(manifest)
+    return manifests, damaged
+
+
+def list_experiments(root):
+    """Manifests of the complete experiments directly under ``root``, sorted by name.
+
+    Temporary folders of unfinished runs and damaged experiments are left out (see
+    :func:`scan_store` for those); a store that does not exist yet lists nothing.
+    """
+    try:
+        return scan_store(root)[0]
+    except (FileNotFoundError, NotADirectoryError):
+        return []

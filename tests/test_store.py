@@ -75,10 +75,11 @@ def test_existing_experiment_is_not_overwritten(small_experiment, saved):
 
 def test_overwrite_swaps_whole_folders(small_experiment, tmp_path):
     save_experiment(small_experiment, tmp_path / "e", save_model=False)
-    (tmp_path / "e" / "stale.txt").write_text("from the old run")
+    (tmp_path / "e" / "report.html").write_text("report of the old run")
     save_experiment(small_experiment, tmp_path / "e", overwrite=True, save_model=False)
-    assert not (tmp_path / "e" / "stale.txt").exists()
+    assert not (tmp_path / "e" / "report.html").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+    assert read_manifest(tmp_path / "e")["complete"] is True
 
 
 def test_killed_run_leaves_nothing_that_reads_as_complete(small_experiment, tmp_path, monkeypatch):
@@ -98,6 +99,7 @@ def test_killed_run_leaves_nothing_that_reads_as_complete(small_experiment, tmp_
     assert list_experiments(tmp_path) == []
     with pytest.raises(ValueError, match="not a complete experiment"):
         load_experiment(tmp_path / ".half.tmp-123")
+    assert (tmp_path / ".half.tmp-123").exists()  # not named by a save of this tool: never removed
 
 
 def test_damaged_experiment_is_refused(small_experiment, tmp_path):
