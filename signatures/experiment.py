@@ -62,7 +62,7 @@ FIELD_WORDS = {
     "dataset": "dataset",
     "digits": "digits",
     "anomalies": "anomaly digits",
-    "all_unseen": "all unseen",
+    "all_unseen": "keep all unseen classes",
     "n_per_class": "images per class",
     "test_size": "held-out share",
     "arch": "architecture",
