@@ -35,7 +35,7 @@ from traitlets import Unicode, default
 from voila.app import Voila
 
 from .plotview import PLOTLY_ROUTE, forced_renderer, plotly_js_path
-from .store import list_experiments
+from .store import scan_store
 
 __all__ = [
     "template_root",
@@ -103,6 +103,33 @@ def _architecture(config):
     return f"{text} ({activation})" if activation else text
 
 
+def store_contents(root):
+    """The stored experiments as JSON-ready summaries, and the damaged folders, never failing on one.
+
+    Parameters
+    ----------
+    root : str or Path
+        The store: a folder of experiment folders (a missing store holds nothing).
+
+    Returns
+    -------
+    summaries : list of dict
+        As :func:`experiment_summaries`.
+    damaged : list of dict
+        ``{"name": folder name, "problem": what is wrong}`` per folder that is not a
+        complete, readable experiment; paths inside the store are given relative to it.
+    """
+    root = Path(root)
+    try:
+        manifests, damaged = scan_store(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return [], []
+    prefix = str(root.resolve()) + os.sep
+    problems = [{"name": name, "problem": why.replace(prefix, "").replace(str(root) + os.sep, "")}
+                for name, why in damaged]
+    return [_summary(m) for m in manifests], problems
+
+
 def experiment_summaries(root):
     """One JSON-ready dict per complete experiment under ``root``, in folder-name order.
 
@@ -119,27 +146,28 @@ def experiment_summaries(root):
         ``digits``, ``anomalies``, ``class_names``, ``arch``, ``hidden``, ``filters``,
         ``activation``, ``epochs``, ``accuracy`` (held-out, or None) and ``created``.
     """
-    out = []
-    for manifest in list_experiments(root):
-        config = manifest.get("config", {})
-        accuracy = manifest.get("metrics", {}).get("accuracy")
-        out.append({
-            "name": Path(manifest["path"]).name,
-            "title": str(config.get("name", "")),
-            "folder": Path(manifest["path"]).name,
-            "dataset": config.get("dataset"),
-            "digits": list(config.get("digits", ())),
-            "anomalies": list(config.get("anomalies", ())),
-            "class_names": list(manifest.get("class_names", ())),
-            "arch": config.get("arch"),
-            "hidden": list(config.get("hidden", ())),
-            "filters": list(config.get("filters", ())),
-            "activation": config.get("activation"),
-            "epochs": config.get("epochs"),
-            "accuracy": float(accuracy) if accuracy is not None else None,
-            "created": manifest.get("created"),
-        })
-    return out
+    return store_contents(root)[0]
+
+
+def _summary(manifest):
+    config = manifest["config"]
+    accuracy = manifest["metrics"].get("accuracy")
+    return {
+        "name": Path(manifest["path"]).name,
+        "title": str(config.get("name", "")),
+        "folder": Path(manifest["path"]).name,
+        "dataset": config.get("dataset"),
+        "digits": list(config.get("digits", ())),
+        "anomalies": list(config.get("anomalies", ())),
+        "class_names": list(manifest.get("class_names", ())),
+        "arch": config.get("arch"),
+        "hidden": list(config.get("hidden", ())),
+        "filters": list(config.get("filters", ())),
+        "activation": config.get("activation"),
+        "epochs": config.get("epochs"),
+        "accuracy": float(accuracy) if accuracy is not None else None,
+        "created": manifest.get("created"),
+    }
 
 
 def _class_list(classes, names):
@@ -180,7 +208,7 @@ def _static_url(base_url, name):
     return f"{base_url}voila/templates/{TEMPLATE}/static/{name}?v={version}"
 
 
-def render_landing(experiments, *, base_url="/", store=None):
+def render_landing(experiments, *, base_url="/", store=None, damaged=()):
     """The landing page as HTML.
 
     Parameters
@@ -191,6 +219,8 @@ def render_landing(experiments, *, base_url="/", store=None):
         The server's base URL (``/`` or ``/prefix/``); every link starts with it.
     store : str or Path, optional
         The store folder, named in the empty state.
+    damaged : list of dict, optional
+        As returned by :func:`store_contents`: folders skipped, listed by name.
 
     Returns
     -------
@@ -203,6 +233,7 @@ def render_landing(experiments, *, base_url="/", store=None):
         base_url=base_url,
         css_url=_static_url(base_url, "signatures.css"),
         experiments=[_card(e, base_url) for e in experiments],
+        damaged=list(damaged),
         store=str(store) if store is not None else None,
         store_arg=shlex.quote(str(store)) if store is not None else "runs",
     )
@@ -221,7 +252,8 @@ class LandingHandler(JupyterHandler):
 
     @web.authenticated
     def get(self):
-        html = render_landing(experiment_summaries(self.store), base_url=self.base_url, store=self.store)
+        summaries, damaged = store_contents(self.store)
+        html = render_landing(summaries, base_url=self.base_url, store=self.store, damaged=damaged)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(html)

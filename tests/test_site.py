@@ -287,6 +287,64 @@ def test_server_lists_experiments_saved_after_it_started(server, store, small_ex
     assert "later" in {r["name"] for r in json.loads(_get(server + "signatures/api/experiments")[2])}
 
 
+_BAD_MANIFESTS = {
+    "list": [],
+    "no-config": "drop config",
+    "files-list": "files []",
+    "accuracy-text": "accuracy text",
+}
+
+
+def _write_bad_manifest(folder, how):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if how == []:
+        manifest = []
+    elif how == "drop config":
+        manifest.pop("config")
+    elif how == "files []":
+        manifest["files"] = []
+    else:
+        manifest["metrics"]["accuracy"] = "0.99"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name", sorted(_BAD_MANIFESTS))
+def test_a_damaged_experiment_is_skipped_and_named_on_the_landing_page(store, tmp_path, name):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(store / "small", root / "good")
+    shutil.copytree(store / "small", root / f"bad-{name}")
+    _write_bad_manifest(root / f"bad-{name}", _BAD_MANIFESTS[name])
+    summaries, damaged = site.store_contents(root)
+    assert [s["name"] for s in summaries] == ["good"]
+    assert [d["name"] for d in damaged] == [f"bad-{name}"]
+    assert str(root) not in damaged[0]["problem"], "the page must not print the store's absolute path"
+    page = _Page(site.render_landing(summaries, damaged=damaged))
+    assert "good" in page.titles and f"bad-{name}" in page.text and "not a readable experiment" in page.text
+    assert "/voila/render/gallery.ipynb?experiment=good" in page.links
+    assert not any(f"experiment=bad-{name}" in link for link in page.links)
+
+
+def test_server_survives_damaged_experiments(server, store):
+    import shutil
+
+    for name, how in _BAD_MANIFESTS.items():
+        shutil.copytree(store / "small", store / f"bad-{name}")
+        _write_bad_manifest(store / f"bad-{name}", how)
+    try:
+        status, _, html = _get(server)
+        assert status == 200
+        page = _Page(html)
+        assert "small" in page.titles and all(f"bad-{n}" in page.text for n in _BAD_MANIFESTS)
+        status, _, body = _get(server + "signatures/api/experiments")
+        assert status == 200 and "small" in {r["name"] for r in json.loads(body)}
+        assert not {f"bad-{n}" for n in _BAD_MANIFESTS} & {r["name"] for r in json.loads(body)}
+    finally:
+        for name in _BAD_MANIFESTS:
+            shutil.rmtree(store / f"bad-{name}")
+
+
 def test_server_serves_template_static_files_and_voila_tree(server):
     status, kind, css = _get(server + "voila/templates/signatures/static/signatures.css")
     assert status == 200 and kind.startswith("text/css") and ".sig-topbar" in css
