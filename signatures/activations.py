@@ -5,10 +5,29 @@ in layer order. The network's output layer is the prediction and is returned
 separately, never among the hidden layers.
 
 Which layers are hidden
-    By default every layer with a kernel (``Dense``, ``Conv*``) except the output
-    layer: for ``build_mlp`` that is ``hidden_1 .. hidden_N``, for ``build_cnn``
-    ``conv_1, conv_2, ..., hidden_1, ...``. Pass ``layers=[...]`` to choose others
-    (pooling, activation or any named layer).
+    A *block* is a layer with weights (a kernel: ``Dense``, ``Conv*``) followed by the
+    chain of elementwise layers it feeds alone: activations (``Activation``, ``ReLU``,
+    ``LeakyReLU``, ``PReLU``, ``ELU``, ``Softmax``), normalisations (``BatchNormalization``,
+    ``LayerNormalization``, ...) and noise or dropout layers (identities at inference). Each
+    block gives one hidden layer, its *activated output*: the last activation of the chain,
+    or the kernel layer itself when it applies a non-linear ``activation=`` or nothing
+    follows. So ``Dense -> Activation('relu')`` is reported as the ``Activation`` layer,
+    ``Dense -> BatchNormalization -> ReLU -> Dropout`` as the ``ReLU`` (never the
+    normalised pre-activation value), ``Dense(activation='relu') -> Dropout`` as the
+    ``Dense``. The *prediction* is not hidden: the model's output layer and, walking back
+    from it through layers without weights, the last layer with weights, so the logits of
+    ``Dense -> Activation('softmax')`` are not hidden either. Models nested in a model
+    (a ``Sequential`` inside a functional model, or the reverse) are looked into: their
+    layers are named ``outer/inner`` (Keras forbids ``/`` in a layer's own name, so the
+    names stay unique). For ``build_mlp`` the hidden layers are ``hidden_1 .. hidden_N``,
+    for ``build_cnn`` ``conv_1, conv_2, ..., hidden_1, ...``. Pass ``layers=[...]`` to
+    choose others (pooling, the pre-activation ``Dense``, any named layer but the output).
+
+Inputs of another layout
+    A model whose declared input holds the same values as the data's rows in another
+    layout, such as Keras' MNIST example ``Input((28, 28)) -> Flatten`` given rows of shape
+    (28, 28, 1), gets the rows reshaped to its input (see
+    :func:`signatures.models.fit_input`).
 
 How conv feature maps become rows
     ``reduce="mean"`` (default) averages each channel over the spatial positions,
@@ -22,26 +41,186 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .models import check_input_shape  # noqa: E402
+from .models import check_model, fit_input  # noqa: E402
 
 __all__ = ["default_hidden_layers", "build_extractor", "extract"]
 
 REDUCTIONS = ("mean", "flatten")
 
 
-def _output_layer(model):
-    return model.layers[-1]
+def _layer_types(*names):
+    return tuple(t for t in (getattr(keras.layers, n, None) for n in names) if isinstance(t, type))
+
+
+_ACTIVATION_LAYERS = _layer_types("ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax")
+_PASS_THROUGH = _ACTIVATION_LAYERS + _layer_types(
+    "Activation", "BatchNormalization", "LayerNormalization", "GroupNormalization", "UnitNormalization",
+    "RMSNormalization", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+    "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity",
+)
+
+
+@dataclass
+class _Call:
+    """One call of a layer in the (flattened) graph: its name, the layer, input tensor ids and output."""
+
+    name: str
+    layer: object
+    inputs: tuple
+    output: object
+
+    @property
+    def tensor(self):
+        """The single output tensor, or None for a layer with several outputs."""
+        outs = keras.tree.flatten(self.output)
+        return outs[0] if len(outs) == 1 else None
+
+
+def _tensor_ids(structure):
+    return tuple(id(t) for t in keras.tree.flatten(structure) if isinstance(t, keras.KerasTensor))
+
+
+def _has_kernel(layer):
+    return not isinstance(layer, keras.Model) and getattr(layer, "kernel", None) is not None
+
+
+def _is_nonlinear(layer):
+    if isinstance(layer, _ACTIVATION_LAYERS):
+        return True
+    activation = getattr(layer, "activation", None)
+    return callable(activation) and getattr(activation, "__name__", "linear") != "linear"
+
+
+def _is_graph_model(layer):
+    return isinstance(layer, keras.Sequential) or (
+        isinstance(layer, keras.Model) and getattr(layer, "_nodes_by_depth", None) is not None
+    )
+
+
+def _model_input(model):
+    try:
+        return model.inputs[0]
+    except (AttributeError, IndexError, ValueError, TypeError):
+        raise ValueError(
+            f"model {model.name!r} has no defined input; build it with keras.Input(...) or call it once on data"
+        ) from None
+
+
+def _retrace(model, inputs, prefix, calls, used):
+    """Call ``model``'s leaf layers on the symbolic ``inputs``, opening nested models; record each call."""
+
+    def operation(op):
+        if _is_graph_model(op):
+            def nested(*args, **kwargs):  # training / mask keywords do not apply at inference
+                return _retrace(op, args[0] if len(args) == 1 else list(args), f"{prefix}{op.name}/", calls, used)
+            return nested
+
+        def leaf(*args, **kwargs):
+            out = op(*args, **kwargs)
+            name = f"{prefix}{op.name}"
+            used[name] += 1
+            if used[name] > 1:  # a layer called twice (a shared layer): one name per call
+                name = f"{name}#{used[name]}"
+            calls.append(_Call(name, op, _tensor_ids((args, kwargs)), out))
+            return out
+        return leaf
+
+    if isinstance(model, keras.Sequential):
+        x = inputs
+        for layer in model.layers:
+            x = operation(layer)(x)
+        return x
+    # A functional model: Keras' own graph walk, with every operation wrapped (there is no
+    # public hook to reach the layers of a nested model in the outer graph).
+    return model._run_through_graph(inputs, operation_fn=operation)
+
+
+def _flat_graph(model):
+    """The model as one graph of leaf layers.
+
+    Returns
+    -------
+    inputs : list of KerasTensor
+    calls : list of _Call, in layer order
+    output : KerasTensor
+        The model's output (the prediction).
+    """
+    check_model(model)
+    inp = _model_input(model)
+    if not any(_is_graph_model(layer) for layer in model.layers):
+        try:
+            calls = [
+                _Call(layer.name, layer, _tensor_ids(layer.input), layer.output)
+                for layer in model.layers
+                if not isinstance(layer, keras.layers.InputLayer)
+            ]
+            return list(model.inputs), calls, model.outputs[0]
+        except (AttributeError, ValueError):
+            pass  # a layer without a node in this graph: trace the model again
+    calls = []
+    new_input = keras.Input(shape=tuple(inp.shape[1:]), dtype=inp.dtype, name=inp.name)
+    output = keras.tree.flatten(_retrace(model, new_input, "", calls, defaultdict(int)))[0]
+    return [new_input], calls, output
+
+
+def _prediction_calls(calls, output):
+    """Indices of the calls that make the prediction.
+
+    The output layer and, walking back through single-input layers without weights, the
+    last layer with weights (the logits of ``Dense -> Activation('softmax')``).
+    """
+    producer = {}
+    for i, call in enumerate(calls):
+        for tid in _tensor_ids(call.output):
+            producer[tid] = i
+    tail = set()
+    i = producer.get(id(output))
+    while i is not None and i not in tail:
+        tail.add(i)
+        if _has_kernel(calls[i].layer) or len(calls[i].inputs) != 1:
+            break
+        i = producer.get(calls[i].inputs[0])
+    return tail
+
+
+def _hidden_calls(calls, output):
+    """Names of the hidden layers: each block's activated output (see the module notes)."""
+    consumers = defaultdict(list)
+    for i, call in enumerate(calls):
+        for tid in call.inputs:
+            consumers[tid].append(i)
+    tail = _prediction_calls(calls, output)
+    names = []
+    for i, call in enumerate(calls):
+        if i in tail or not _has_kernel(call.layer):
+            continue
+        chosen = i
+        current = i
+        while calls[current].tensor is not None:
+            following = consumers[id(calls[current].tensor)]
+            if len(following) != 1:
+                break
+            nxt = following[0]
+            if nxt in tail or len(calls[nxt].inputs) != 1 or not isinstance(calls[nxt].layer, _PASS_THROUGH):
+                break
+            current = nxt
+            if _is_nonlinear(calls[nxt].layer):
+                chosen = nxt
+        if calls[chosen].tensor is not None:
+            names.append(calls[chosen].name)
+    return names
 
 
 def default_hidden_layers(model):
-    """Names of the layers counted as hidden: those with a kernel, output excluded.
+    """Names of the layers counted as hidden (see the module notes), output excluded.
 
     Parameters
     ----------
@@ -51,40 +230,14 @@ def default_hidden_layers(model):
     -------
     list of str, in layer order.
     """
-    out = _output_layer(model)
-    names = [
-        layer.name
-        for layer in model.layers
-        if layer is not out and getattr(layer, "kernel", None) is not None
-    ]
+    _, calls, output = _flat_graph(model)
+    names = _hidden_calls(calls, output)
     if not names:
         raise ValueError(
             f"model {model.name!r} has no hidden layer with weights between input and output; "
-            f"its layers are {[layer.name for layer in model.layers]}"
+            f"its layers are {[call.name for call in calls]}"
         )
     return names
-
-
-def _graph_outputs(model, names):
-    """Symbolic outputs of the named layers and of the output layer."""
-    try:
-        inputs = model.inputs
-        by_name = {layer.name: layer.output for layer in model.layers}
-        return inputs, [by_name[n] for n in names], model.outputs[0]
-    except (AttributeError, ValueError):
-        pass
-    # A Sequential model built without an Input: re-trace its layers once.
-    if not isinstance(model, keras.Sequential) or not model.built:
-        raise ValueError(
-            f"model {model.name!r} has no defined input; build it with keras.Input(...) or call it once"
-        )
-    shape = model.layers[0].input.shape[1:] if hasattr(model.layers[0], "input") else None
-    x = inp = keras.Input(shape=shape)
-    by_name = {}
-    for layer in model.layers:
-        x = layer(x)
-        by_name[layer.name] = x
-    return [inp], [by_name[n] for n in names], x
 
 
 def _to_rows(tensor, reduce, name):
@@ -104,6 +257,14 @@ def build_extractor(model, *, layers=None, reduce="mean"):
 
     Its outputs are the chosen hidden layers, reduced to rows, then the model's output.
 
+    Parameters
+    ----------
+    model : keras.Model
+    layers : list of str, optional
+        Layer names as :func:`default_hidden_layers` gives them (``outer/inner`` inside a
+        nested model); default: those.
+    reduce : {"mean", "flatten"}
+
     Returns
     -------
     extractor : keras.Model
@@ -111,20 +272,38 @@ def build_extractor(model, *, layers=None, reduce="mean"):
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {list(REDUCTIONS)}, got {reduce!r}")
-    known = [layer.name for layer in model.layers]
-    names = list(layers) if layers is not None else default_hidden_layers(model)
-    if not names:
-        raise ValueError("layers must name at least one layer")
+    inputs, calls, output = _flat_graph(model)
+    known = [call.name for call in calls]
+    if layers is None:
+        names = _hidden_calls(calls, output)
+        if not names:
+            raise ValueError(
+                f"model {model.name!r} has no hidden layer with weights between input and output; "
+                f"its layers are {known}; choose some with layers=[...]"
+            )
+    elif isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+        raise ValueError(f"layers must be a list of layer names (strings), got {layers!r}")
+    else:
+        names = list(layers)
+        if not names:
+            raise ValueError(f"layers must name at least one layer of {known}, got {layers!r}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"layers must name each layer once, got {repeated} more than once in {names}")
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"layers {unknown} are not in model {model.name!r}; its layers are {known}")
-    if _output_layer(model).name in names:
-        raise ValueError(
-            f"layer {_output_layer(model).name!r} is the output layer (the prediction); it is returned "
-            "separately and cannot be a hidden layer"
-        )
-    inputs, hidden, output = _graph_outputs(model, names)
-    rows = [_to_rows(t, reduce, n) for t, n in zip(hidden, names)]
+    by_name = {call.name: call for call in calls}
+    output_names = [call.name for call in calls if any(t is output for t in keras.tree.flatten(call.output))]
+    for name in names:
+        if name in output_names:
+            raise ValueError(
+                f"layer {name!r} is the output layer (the prediction); it is returned "
+                "separately and cannot be a hidden layer"
+            )
+        if by_name[name].tensor is None:
+            raise ValueError(f"layer {name!r} has several outputs; choose a layer with one output")
+    rows = [_to_rows(by_name[n].tensor, reduce, n) for n in names]
     extractor = keras.Model(inputs=inputs, outputs=rows + [output], name=f"{model.name}_extractor")
     return extractor, names
 
@@ -160,7 +339,8 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
     model : keras.Model
         Sequential or functional.
     X : ndarray of shape (n_samples, ...)
-        Inputs as the model expects them.
+        Inputs as the model expects them, or the same values in another layout (rows of
+        shape (28, 28, 1) for a model declaring (28, 28) or (784,)).
     layers : list of str, optional
         Hidden layers to return; default :func:`default_hidden_layers`.
     reduce : {"mean", "flatten"}
@@ -184,8 +364,9 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
     ValueError
         Inputs that do not fit the model, or NaN / infinite activations.
     """
-    X = np.asarray(X)
-    check_input_shape(model, X)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    X = fit_input(model, X)
     if len(X) == 0:
         raise ValueError("X holds no inputs")
     extractor, names = extractor or _cached_extractor(model, layers, reduce)

@@ -26,6 +26,8 @@ __all__ = [
     "save_model",
     "load_model",
     "check_input_shape",
+    "check_model",
+    "fit_input",
     "parse_hidden",
 ]
 
@@ -185,10 +187,13 @@ def train(model, X, Y, *, epochs=5, batch_size=64, validation_split=0.1, seed=0,
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    check_input_shape(model, X)
+    X = fit_input(model, X)
+    Y = np.asarray(Y)
     n_out = model.outputs[0].shape[-1]
     if Y.ndim != 2 or Y.shape[1] != n_out:
         raise ValueError(f"targets must be one-hot of shape (n, {n_out}), got {Y.shape}")
+    if len(Y) != len(X):
+        raise ValueError(f"targets must have one row per input: {len(X)} inputs, got {len(Y)} target rows")
     keras.utils.set_random_seed(int(seed))
     callbacks = [_ProgressCallback(progress, epochs)] if progress else []
     history = model.fit(
@@ -216,8 +221,17 @@ def evaluate(model, X, y, classes, *, batch_size=512):
     """
     from sklearn.metrics import confusion_matrix
 
-    check_input_shape(model, X)
+    X = fit_input(model, X)
+    y = np.asarray(y)
     classes = np.asarray(sorted(classes))
+    n_out = model.outputs[0].shape[-1]
+    if len(classes) != n_out:
+        raise ValueError(f"classes must name one class per output unit ({n_out}), got {classes.tolist()}")
+    if y.shape != (len(X),):
+        raise ValueError(f"y must hold one label per input, shape ({len(X)},); got shape {y.shape}")
+    unknown = sorted(set(y.tolist()) - set(classes.tolist()))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the classes {classes.tolist()}")
     probs = model.predict(X, batch_size=batch_size, verbose=0)
     predicted = classes[np.argmax(probs, axis=1)]
     cm = confusion_matrix(y, predicted, labels=classes)
@@ -273,17 +287,98 @@ def load_model(path):
         raise ValueError(f"model file {str(path)!r} is corrupted or incomplete: {exc}") from exc
 
 
-def check_input_shape(model, X):
-    """Raise ValueError if the rows of ``X`` do not fit ``model``'s input."""
+def check_model(model):
+    """Raise ValueError unless ``model`` is a Keras model with one input and one output."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model must be a keras.Model, got {type(model).__name__}: {model!r}")
     try:
-        expected = tuple(model.inputs[0].shape[1:])
-    except (AttributeError, IndexError, ValueError):
-        return
-    got = tuple(np.shape(X)[1:])
-    if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
-        hint = ""
-        if int(np.prod([g for g in got])) == int(np.prod([e or 1 for e in expected])):
-            hint = " (the same pixels in another layout: use flat inputs for dense models, (h, w, 1) for conv models)"
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        return model  # a Sequential without a defined input yet: nothing more to check
+    if len(inputs) != 1:
         raise ValueError(
-            f"model {model.name!r} expects inputs of shape {expected}, the data has rows of shape {got}{hint}"
+            f"model {model.name!r} has {len(inputs)} inputs; signatures feeds it one image per example, "
+            "so it needs a model with exactly one input"
         )
+    if len(outputs) != 1:
+        raise ValueError(
+            f"model {model.name!r} has {len(outputs)} outputs; signatures needs exactly one, the class "
+            "probabilities"
+        )
+    return model
+
+
+def _declared_input_shape(model):
+    try:
+        return tuple(None if d is None else int(d) for d in model.inputs[0].shape[1:])
+    except (AttributeError, IndexError, ValueError, TypeError):
+        return None
+
+
+def _same_values(expected, got):
+    """True if rows of shape ``got`` become rows of shape ``expected`` by a row-major reshape
+    that keeps the image: the same sizes once size-1 axes are dropped, or one side flat."""
+    if None in expected or int(np.prod(expected)) != int(np.prod(got)):
+        return False
+    squeezed_e = [d for d in expected if d != 1]
+    squeezed_g = [d for d in got if d != 1]
+    return squeezed_e == squeezed_g or len(squeezed_e) <= 1 or len(squeezed_g) <= 1
+
+
+def fit_input(model, X):
+    """``X`` with its rows in the layout of ``model``'s declared input.
+
+    Rows that already fit are returned as they are. Rows holding the same values in
+    another layout are reshaped (row-major, so pixels keep their order): (28, 28, 1) for
+    a model declaring (28, 28) (Keras' MNIST example, ``Input((28, 28)) -> Flatten``) or
+    (784,), and (784,) for one declaring (28, 28, 1).
+
+    Parameters
+    ----------
+    model : keras.Model
+    X : array-like of shape (n_samples, ...)
+
+    Returns
+    -------
+    ndarray of shape (n_samples, *input_shape)
+
+    Raises
+    ------
+    ValueError
+        ``X`` is not numeric or has no sample axis, or its rows hold another number of
+        values than the model takes (or the same number in a layout that is not the same
+        image, such as (14, 56) for (28, 28)); the message names both shapes.
+    """
+    check_model(model)
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"inputs must be numbers (pixel values), got an array of dtype {X.dtype}")
+    expected = _declared_input_shape(model)
+    if X.ndim < 2:
+        want = f"(n_samples, {', '.join(map(str, expected))})" if expected else "(n_samples, ...)"
+        raise ValueError(
+            f"inputs must hold one row per example, shape {want}; got an array of shape {X.shape}"
+        )
+    if expected is None:
+        return X
+    got = tuple(int(d) for d in X.shape[1:])
+    if len(expected) == len(got) and all(e is None or e == g for e, g in zip(expected, got)):
+        return X
+    if _same_values(expected, got):
+        return X.reshape((len(X),) + expected)
+    n_expected = "any number of" if None in expected else str(int(np.prod(expected)))
+    if None not in expected and int(np.prod(expected)) == int(np.prod(got)):
+        why = f"the same number of values ({n_expected}) in a layout that is not the same image"
+    else:
+        why = f"{int(np.prod(got))} values per row; the model takes {n_expected}"
+    raise ValueError(
+        f"model {model.name!r} expects inputs of shape {expected}, the data has rows of shape {got} ({why})"
+    )
+
+
+def check_input_shape(model, X):
+    """Raise ValueError if the rows of ``X`` do not fit ``model``'s input, even reshaped.
+
+    Rows of another layout that :func:`fit_input` reshapes to the model's input are accepted.
+    """
+    fit_input(model, X)

@@ -131,3 +131,37 @@ def test_conv_maps_mean_and_flatten():
     np.testing.assert_allclose(flat["conv"][:, 0::2], centre.reshape(2, -1), rtol=1e-5)
     with pytest.raises(ValueError, match="reduce must be one of"):
         extract(model, images, reduce="max")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"layers": "h1"}, "layers must be a list of layer names \\(strings\\), got 'h1'"),
+        ({"layers": [0]}, "layers must be a list of layer names \\(strings\\), got \\[0\\]"),
+        ({"layers": []}, "layers must name at least one layer of \\['h1', 'h2', 'out'\\], got \\[\\]"),
+        ({"layers": ["h1", "h1"]}, "layers must name each layer once, got \\['h1'\\] more than once"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
+    ],
+)
+def test_bad_options_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        extract(hand_set_sequential(), X, **kwargs)
+
+
+def test_not_a_model_and_a_model_without_hidden_layers():
+    with pytest.raises(ValueError, match="model must be a keras.Model, got ndarray"):
+        extract(np.zeros(3), X)
+    bare = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax", name="out")], name="bare")
+    with pytest.raises(ValueError, match=r"model 'bare' has no hidden layer .* its layers are \['out'\]"):
+        default_hidden_layers(bare)
+
+
+def test_sequential_built_by_a_call_without_input():
+    model = keras.Sequential([keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+    with pytest.raises(ValueError, match="has no defined input; build it with keras.Input"):
+        extract(model, X)
+    model(X[:1])
+    model.layers[0].set_weights([W1, B1])
+    hidden, _ = extract(model, X)
+    np.testing.assert_allclose(next(iter(hidden.values())), expected()[0], rtol=1e-6, atol=1e-6)

@@ -9,7 +9,9 @@ from signatures.models import (  # noqa: E402
     build_cnn,
     build_mlp,
     check_input_shape,
+    check_model,
     evaluate,
+    fit_input,
     load_model,
     parse_hidden,
     save_model,
@@ -117,7 +119,49 @@ def test_load_refuses_unsafe_lambda(tmp_path):
 
 
 def test_input_shape_mismatch_is_named(trained_mlp):
-    with pytest.raises(ValueError, match=r"expects inputs of shape \(784,\).*\(28, 28, 1\).*another layout"):
-        check_input_shape(trained_mlp, np.zeros((3, 28, 28, 1)))
-    with pytest.raises(ValueError, match=r"expects inputs of shape \(784,\), the data has rows of shape \(64,\)"):
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(784,\), the data has rows of shape \(64,\) "
+                                         r"\(64 values per row; the model takes 784\)"):
         check_input_shape(trained_mlp, np.zeros((3, 64)))
+    with pytest.raises(ValueError, match=r"one row per example, shape \(n_samples, 784\); got an array of shape \(784,\)"):
+        check_input_shape(trained_mlp, np.zeros(784))
+    with pytest.raises(ValueError, match="inputs must be numbers .* dtype <U1"):
+        check_input_shape(trained_mlp, np.full((2, 784), "a"))
+
+
+def test_fit_input_reshapes_the_same_image_only(trained_mlp):
+    images = np.arange(2 * 784, dtype=np.float32).reshape(2, 28, 28, 1)
+    flat = fit_input(trained_mlp, images)  # (28, 28, 1) rows for a (784,) model: the same pixels in order
+    assert flat.shape == (2, 784)
+    np.testing.assert_array_equal(flat[1], images[1].ravel())
+    same = np.zeros((2, 784), dtype=np.float32)
+    assert fit_input(trained_mlp, same) is same  # rows that fit are not copied
+    cnn = build_cnn((28, 28, 1), 2, filters=(2,), dense=())
+    np.testing.assert_array_equal(fit_input(cnn, flat), images)
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(28, 28, 1\), the data has rows of shape "
+                                         r"\(14, 56\) \(the same number of values \(784\) in a layout"):
+        fit_input(cnn, np.zeros((2, 14, 56)))
+
+
+def test_models_signatures_cannot_use():
+    with pytest.raises(ValueError, match="model must be a keras.Model, got str: 'model.keras'"):
+        check_model("model.keras")
+    a, b = keras.Input((2,)), keras.Input((3,))
+    two_in = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])), name="two_in")
+    with pytest.raises(ValueError, match="model 'two_in' has 2 inputs; .* exactly one input"):
+        check_input_shape(two_in, np.zeros((1, 2)))
+    x = keras.Input((2,))
+    two_out = keras.Model(x, [keras.layers.Dense(2)(x), keras.layers.Dense(3)(x)], name="two_out")
+    with pytest.raises(ValueError, match="model 'two_out' has 2 outputs; signatures needs exactly one"):
+        check_model(two_out)
+
+
+def test_evaluate_and_train_name_bad_labels_and_targets(trained_mlp, subset_1v7):
+    X, y = subset_1v7.X_test[:5], subset_1v7.y_test[:5]
+    with pytest.raises(ValueError, match=r"labels \[3\] are not among the classes \[1, 7\]"):
+        evaluate(trained_mlp, X, np.array([1, 7, 3, 1, 7]), (1, 7))
+    with pytest.raises(ValueError, match=r"y must hold one label per input, shape \(5,\); got shape \(4,\)"):
+        evaluate(trained_mlp, X, y[:4], (1, 7))
+    with pytest.raises(ValueError, match=r"classes must name one class per output unit \(2\), got \[1, 3, 7\]"):
+        evaluate(trained_mlp, X, y, (1, 7, 3))
+    with pytest.raises(ValueError, match="targets must have one row per input: 5 inputs, got 4 target rows"):
+        train(trained_mlp, X, subset_1v7.Y_test[:4], epochs=1)
