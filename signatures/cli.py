@@ -152,7 +152,7 @@ def _cmd_run(args):
     from .experiment import print_progress, run_experiment
     from .store import save_experiment
 
-    exp = run_experiment(config, progress=None if args.quiet else print_progress)
+    exp = run_experiment(config, progress=None if args.quiet else print_progress, words=OPTION_WORDS)
     save_experiment(exp, out, overwrite=args.overwrite)
     from .analysis import load_or_analyze
     from .report import write_report

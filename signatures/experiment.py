@@ -668,7 +668,7 @@ def print_progress(stage, fraction, message):
     print(f"[{stage:<10} {fraction:4.0%}] {message}", flush=True)
 
 
-def run_experiment(config, *, progress=None, model=None, dataset=None):
+def run_experiment(config, *, progress=None, model=None, dataset=None, words=None):
     """Carry out an experiment from start to end.
 
     Parameters
@@ -681,6 +681,9 @@ def run_experiment(config, *, progress=None, model=None, dataset=None):
         An already trained model to use instead of training (as does ``config.model_path``).
     dataset : Dataset, optional
         ``config.dataset`` already loaded (an app that checked it keeps it); loaded if not given.
+    words : dict[str, str], optional
+        The words the user sees for the config's fields (see :meth:`ExperimentConfig.problems`);
+        messages about the choices, raised as ValueError before any training, use them.
 
     Returns
     -------
@@ -689,7 +692,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None):
     from . import data as _data
     from .projection import project_layers, choose_rows
 
-    config.validate()
+    config.validate(words=words)
     report = progress or (lambda *a: None)
     timings = OrderedDict()
     t0 = time.perf_counter()
@@ -706,7 +709,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None):
     elif dataset.name != config.dataset:
         raise ValueError(f"the given dataset is {dataset.name!r} but the config asks for {config.dataset!r}")
     report("loading", 0.3, dataset.source)
-    config.validate(counts=dataset.counts())  # rows per class known now: still before TensorFlow
+    config.validate(words=words, counts=dataset.counts())  # rows per class known now: still before TensorFlow
     lap("loading")
 
     report("startup", 0.0, "importing TensorFlow")
@@ -730,7 +733,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None):
                 f"model {model.name!r} has {n_out} outputs but {len(subset.classes)} digits are chosen "
                 f"({list(subset.classes)}); choose as many digits as the model has outputs"
             )
-    check_subset_rows(config, subset)
+    check_subset_rows(config, subset, words=words)
     report("loading", 1.0,
            f"{len(subset.y_train)} training, {len(subset.y_test)} held-out, {len(subset.y_anomaly)} anomaly images")
     lap("subset")

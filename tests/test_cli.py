@@ -145,3 +145,77 @@ def test_report_states_a_separating_layer_and_a_path_purity(run_dir):
     assert purity and 50.0 <= float(purity.group(1)) <= 100.0
     stored = json.loads((run_dir / "analysis.json").read_text())
     assert stored["separation"]["first_layer"] == layer.group(1)
+
+
+def _damaged_copy(run_dir, tmp_path, name="copy"):
+    import shutil
+
+    copy = tmp_path / name
+    shutil.copytree(run_dir, copy)
+    (copy / "report.html").unlink()
+    return copy
+
+
+def _rewrite_manifest(folder, change):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _rewrite_arrays(folder, change):
+    with np.load(folder / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    change(arrays)
+    np.savez(folder / "arrays.npz", **arrays)
+    _rewrite_manifest(folder, lambda m: m["files"].update({"arrays.npz": (folder / "arrays.npz").stat().st_size}))
+
+
+def _tamper_zip(folder):
+    data = bytearray((folder / "arrays.npz").read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = b"\0" * 64  # same size, broken contents
+    (folder / "arrays.npz").write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _tamper_zip,
+        lambda f: (f / "arrays.npz").write_bytes(b"PK\x03\x04" + b"\0" * ((f / "arrays.npz").stat().st_size - 4)),
+        lambda f: _rewrite_manifest(f, lambda m: m["layers"].append("ghost")),
+        lambda f: _rewrite_manifest(f, lambda m: m.pop("layers")),
+        lambda f: _rewrite_manifest(f, lambda m: m.update(clustering=[])),
+        lambda f: _rewrite_arrays(f, lambda a: a.update(labels=a["labels"][:-5])),
+        lambda f: _rewrite_arrays(f, lambda a: a.update(paths=a["paths"][:, :1])),
+        lambda f: _rewrite_arrays(f, lambda a: a.pop("split")),
+        lambda f: (f / "analysis.json").write_text("[1, 2, 3]"),
+        lambda f: (f / "analysis.json").write_text('{"findings": 5}'),
+        lambda f: (f / "analysis.json").write_text("{half"),
+    ],
+    ids=["zip-tampered", "zip-zeros", "layer-without-arrays", "no-layers", "clustering-list", "labels-short",
+         "paths-narrow", "no-split", "analysis-list", "analysis-wrong-type", "analysis-half"],
+)
+def test_report_of_a_damaged_experiment_names_it_without_a_traceback(run_dir, tmp_path, capsys, damage):
+    copy = _damaged_copy(run_dir, tmp_path)
+    damage(copy)
+    status = main(["report", str(copy)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if status == 0:  # a damaged analysis.json is a cache: recomputed, and the report is drawn
+        assert (copy / "report.html").is_file() and err == ""
+        return
+    assert status == 2, err
+    assert err.startswith("error: ") and str(copy) in err and len(err.strip().splitlines()) == 1
+
+
+def test_list_names_damaged_experiments_beside_good_ones(run_dir, tmp_path, capsys):
+    store = tmp_path / "store"
+    store.mkdir()
+    good = _damaged_copy(run_dir, store, "good")
+    bad = _damaged_copy(run_dir, store, "bad")
+    _tamper_zip(bad)
+    (bad / "manifest.json").write_text("{")
+    assert main(["list", str(store)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("good ") and "accuracy" in lines[0]
+    assert lines[1].startswith("bad ") and "damaged:" in lines[1]
+    assert good.is_dir()
