@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,64 @@ from . import neurons as _neurons
 from . import separation as _sep
 from .store import write_file_atomic
 
-__all__ = ["analyze", "findings", "load_or_analyze", "ANALYSIS_FILE"]
+__all__ = ["analyze", "findings", "load_or_analyze", "format_share", "unseen_set", "ANALYSIS_FILE",
+           "TIE_MARGIN", "LOW_ACCURACY", "NEURON_AUROC_MARGIN"]
 
 ANALYSIS_FILE = "analysis.json"
-_VERSION = 1
+_VERSION = 2
+
+#: Two shares this close (5 percentage points) are reported as a split, never as one answer.
+TIE_MARGIN = 0.05
+
+#: Held-out accuracy below which the findings open by saying the network has not learned the task.
+LOW_ACCURACY = 0.9
+
+#: A neuron whose AUROC lies within this of 0.5 is not said to tell a class apart.
+NEURON_AUROC_MARGIN = 0.1
+
+#: Keys (and their types) a cached ``analysis.json`` must have to be used.
+_CACHE_KEYS = {"version": int, "layers": list, "neurons": dict, "signatures": dict, "confidence": dict,
+               "separation": dict, "findings": list, "alpha": (int, float)}
+
+
+def format_share(share, *, decimals=1):
+    """A share in [0, 1] as a percentage, the one way findings and reports print shares.
+
+    Rounds to ``decimals`` places, but never prints 100% for a share below 1 or 0% for
+    a share above 0: those become ``">99.9%"`` and ``"<0.1%"`` (at one decimal).
+
+    Parameters
+    ----------
+    share : float in [0, 1]
+    decimals : int, default 1
+
+    Returns
+    -------
+    str
+        ``"n/a"`` for None or NaN.
+    """
+    if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)) or not 0 <= decimals <= 6:
+        raise ValueError(f"decimals must be an integer in 0..6, got {decimals!r}")
+    if share is None or (isinstance(share, (float, np.floating)) and np.isnan(share)):
+        return "n/a"
+    if isinstance(share, bool) or not isinstance(share, (int, float, np.integer, np.floating)):
+        raise ValueError(f"share must be a number in [0, 1], got {share!r}")
+    share = float(share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share!r}")
+    text = f"{share:.{decimals}%}"
+    step = 10.0 ** -decimals
+    if share < 1.0 and text == f"{100:.{decimals}f}%":
+        return f">{100 - step:.{decimals}f}%"
+    if share > 0.0 and text == f"{0:.{decimals}f}%":
+        return f"<{step:.{decimals}f}%"
+    return text
+
+
+def unseen_set(exp):
+    """The unseen classes the findings speak of: the experiment's anomalies that have rows, else every unseen class."""
+    chosen = [int(a) for a in exp.anomalies if int(a) in exp.unseen]
+    return chosen or list(exp.unseen)
 
 
 def _plain(value):
@@ -66,9 +121,12 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
         ``neurons`` (per layer, :func:`signatures.neurons.layer_neuron_summary`),
         ``signatures`` (:func:`signatures.characteristic.signature_summary`, without the
         per-row confidence array), ``confidence`` (mean path confidence per split),
-        ``separation`` (table, first separating layer and reason, layer x layer CKA),
-        ``anomaly`` (exit summary, AUROCs, calibration), ``findings`` (list of str) and
-        ``seconds`` per part.
+        ``separation`` (``table``: the raw input's row first, marked ``"kind": "input"``,
+        then one row per hidden layer; ``first_layer`` (a hidden layer or None) and
+        ``reason``; ``cka``, layer x layer over the hidden layers), ``anomaly`` (exit
+        summary, AUROCs over ``unseen_set`` (:func:`unseen_set`), calibration),
+        ``accuracy`` (held-out, or None), ``findings`` (list of str, :func:`findings`)
+        and ``seconds`` per part.
     """
     say = progress or (lambda *a: None)
     seconds = {}
@@ -86,14 +144,16 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
     sig = _char.signature_summary(exp, stability=stability)
     confidence = sig.pop("confidence")
     lap("signatures")
-    say("analysis", 0.6, "separation per layer")
-    table = _sep.separation_table(exp)
+    say("analysis", 0.6, "separation per layer, and of the input itself")
+    table = _sep.separation_table(exp, include_input=getattr(exp, "images", None) is not None)
     layer, reason = _sep.first_separating_layer(table)
     cka = _sep.layer_cka(exp)
     lap("separation")
     say("analysis", 0.8, "anomaly p-values and AUROC")
-    anomaly = _anomaly.anomaly_summary(exp, alpha=alpha) if exp.unseen else None
+    focus = unseen_set(exp)
+    anomaly = _anomaly.anomaly_summary(exp, alpha=alpha, anomalies=focus) if focus else None
     if anomaly is not None:
+        anomaly["unseen_set"] = focus
         anomaly.pop("pvalues")
         anomaly.pop("scores")
         anomaly.pop("exit")
@@ -108,6 +168,7 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
                        for s in ("train", "test", "anomaly")},
         "separation": {"table": table, "first_layer": layer, "reason": reason, "cka": cka},
         "anomaly": anomaly,
+        "accuracy": (exp.metrics or {}).get("accuracy"),
         "seconds": seconds,
     }
     result = _plain(result)
@@ -126,104 +187,348 @@ def _many(exp, c):
     return f"{name}s" if name.isdigit() else f"'{name}' images"
 
 
-def findings(result, exp):
-    """Short sentences answering the questions for one experiment, each with its number."""
+def _and(items):
+    items = [str(i) for i in items]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _set_words(exp, classes):
+    """'the unseen 3s and 4s', or 'all 8 unseen classes (0, 2, ...)' when every unseen class is meant."""
+    classes = list(classes)
+    if len(classes) > 3 and set(classes) == set(exp.unseen):
+        return f"all {len(classes)} unseen classes ({', '.join(_name(exp, c) for c in classes)})"
+    return "the unseen " + _and(_many(exp, c) for c in classes)
+
+
+def _points(margin):
+    return f"{margin * 100:g} percentage points"
+
+
+def _is_input(row):
+    return row.get("kind") == "input"
+
+
+def _layer_problems(result, exp):
+    """Hidden layers that are dead or constant, in order: list of (layer, status)."""
     out = []
-    sep = result["separation"]
-    table = {row["layer"]: row for row in sep["table"]}
-    classes = ", ".join(_name(exp, c) for c in exp.classes)
-    if sep["first_layer"]:
-        row = table[sep["first_layer"]]
-        out.append(
-            f"The classes ({classes}) separate from layer {sep['first_layer']} on: its clusters match the "
-            f"classes (NMI {row['nmi']:.2f}) and a linear probe tells them apart with accuracy "
-            f"{row['probe_accuracy']:.1%}."
-        )
-    else:
-        best = max(sep["table"], key=lambda r: r["nmi"])
-        out.append(
-            f"No layer's clusters follow the classes ({classes}) closely enough to call them separated; "
-            f"the best is {best['layer']} (NMI {best['nmi']:.2f}, probe accuracy {best['probe_accuracy']:.1%})."
-        )
+    for layer in exp.layers:
+        status = (result["neurons"].get(layer) or {}).get("status", "ok")
+        if status in ("dead", "constant"):
+            out.append((layer, status))
+    return out
 
-    sig = result["signatures"]
-    per_class = sig["classes"]
+
+def _dead_sentence(problems):
+    dead = [layer for layer, status in problems if status == "dead"]
+    constant = [layer for layer, status in problems if status == "constant"]
     parts = []
-    for c, info in per_class.items():
-        parts.append(f"{info['dominant_share']:.0%} of the {_many(exp, c)} take one path "
-                     f"(entropy {info['entropy']:.2f} bits)")
-    out.append("Each class leaves a signature: " + "; ".join(parts) + f"; paths are {sig['overall_purity']:.1%} pure.")
-    cross = sig["crossovers"]
-    if cross.get("counts"):
-        pair, n = max(cross["counts"].items(), key=lambda kv: kv[1])
-        true, other = json.loads(pair) if pair.startswith("[") else pair.split(",")
-        share = cross["shares"][pair]
-        out.append(f"{n} {_many(exp, true)} ({share:.1%}) follow the dominant path of the {_many(exp, other)}: "
-                   f"{_many(exp, true)} that look like {_many(exp, other)}.")
+    if dead:
+        parts.append(f"{_and(dead)} {'is' if len(dead) == 1 else 'are'} dead (no neuron ever fires)")
+    if constant:
+        parts.append(f"{_and(constant)} {'is' if len(constant) == 1 else 'are'} constant "
+                     "(every neuron gives the same value for every input)")
+    return ("Layer " if len(problems) == 1 else "Layers ") + " and ".join(parts) + \
+        ": nothing about the input passes through them, so their clusters and neurons say nothing, " \
+        "and no finding below cites them."
 
-    last = exp.layers[-1]
-    summary = result["neurons"][last]
+
+def _accuracy_sentence(exp, accuracy, classes, low_accuracy):
+    chance = 1.0 / len(exp.classes)
+    if accuracy < low_accuracy:
+        return (f"The network has not learned to tell the classes ({classes}) apart: its held-out accuracy is "
+                f"{format_share(accuracy)}, below {format_share(low_accuracy)} (guessing one class of "
+                f"{len(exp.classes)} gives about {format_share(chance)}); what its layers show below is not how "
+                "a working network tells them apart.")
+    return f"The network tells the classes ({classes}) apart with held-out accuracy {format_share(accuracy)}."
+
+
+def _input_clause(reference, rule, row=None):
+    """How the raw input compares, as a clause: ``row`` is the first separating layer's row, if any."""
+    if reference is None:
+        return ""
+    numbers = f"NMI {reference['nmi']:.2f} and probe accuracy {format_share(reference['probe_accuracy'])}"
+    meets = all(reference.get(k) is not None and reference[k] >= least for k, least in rule.items())
+    if not meets:
+        return f"; for reference, the raw input gives {numbers}, short of the rule"
+    if row is None:
+        return f"; for reference, the raw input already gives {numbers}, enough for the rule"
+    if row["nmi"] > reference["nmi"]:
+        return (f"; for reference, the raw input already gives {numbers}, so {row['layer']} sharpens "
+                f"(NMI {reference['nmi']:.2f} -> {row['nmi']:.2f}) a separation already in the input "
+                "rather than creating it")
+    return (f"; for reference, the raw input already gives {numbers}, so the separation is in the input "
+            f"itself: {row['layer']} keeps it rather than creating it (its NMI is not higher)")
+
+
+def _separation_sentence(result, exp, classes, problems, low):
+    sep = result["separation"]
+    rule = _sep.DEFAULT_RULE
+    reference = next((r for r in sep["table"] if _is_input(r)), None)
+    hidden = [r for r in sep["table"] if not _is_input(r)]
+    broken = dict(problems)
+    first = sep["first_layer"]
+    if first:
+        row = next(r for r in hidden if r["layer"] == first)
+        text = (f"The classes ({classes}) separate from layer {first} on: its clusters match the classes "
+                f"(NMI {row['nmi']:.2f}) and a linear probe tells them apart with accuracy "
+                f"{format_share(row['probe_accuracy'])}")
+        later = hidden[[r["layer"] for r in hidden].index(first) + 1:]
+        lost = [r["layer"] for r in later if r["layer"] in broken]
+        short = [r for r in later if r["layer"] not in broken
+                 and not all(r.get(k) is not None and r[k] >= least for k, least in rule.items())]
+        if lost:
+            text += (f", but they do not reach the output: later {_and(lost)} "
+                     f"{'passes' if len(lost) == 1 else 'pass'} nothing on")
+        elif short:
+            text += ", but they do not stay apart: later " + "; ".join(
+                f"{r['layer']} falls short again (NMI {r['nmi']:.2f}, probe accuracy "
+                f"{format_share(r['probe_accuracy'])})" for r in short)
+        if low and not lost:
+            text += ", yet the network's output does not use it (see its accuracy above)"
+        return text + _input_clause(reference, rule, row) + "."
+    live = [r for r in hidden if r["layer"] not in broken]
+    if not live:
+        return (f"No hidden layer carries the classes ({classes}): every one is dead or constant"
+                + _input_clause(reference, rule) + ".")
+    best = max(live, key=lambda r: r["nmi"])
+    wanted = f"NMI >= {rule['nmi']:g} and probe accuracy >= {format_share(rule['probe_accuracy'])}"
+    return (f"No hidden layer's clusters follow the classes ({classes}) closely enough to call them separated "
+            f"({wanted}); the best is {best['layer']} (NMI {best['nmi']:.2f}, probe accuracy "
+            f"{format_share(best['probe_accuracy'])})" + _input_clause(reference, rule) + ".")
+
+
+def _class_path_part(exp, c, info, margin):
+    paths = info.get("paths") or []
+    if len(paths) >= 2 and paths[0]["share"] - paths[1]["share"] <= margin:
+        return (f"the {_many(exp, c)} split between two paths ({format_share(paths[0]['share'])} and "
+                f"{format_share(paths[1]['share'])}, within {_points(margin)}) "
+                f"(entropy {info['entropy']:.2f} bits)"), False
+    share = info["dominant_share"]
+    text = f"{format_share(share)} of the {_many(exp, c)} take one path (entropy {info['entropy']:.2f} bits)"
+    return text, share > 0.5
+
+
+def _signature_sentence(result, exp, margin):
+    sig = result["signatures"]
+    parts, all_major = [], True
+    for c, info in sig["classes"].items():
+        text, major = _class_path_part(exp, c, info, margin)
+        parts.append(text)
+        all_major &= major
+    head = ("Each class leaves a signature: " if all_major
+            else "Not every class has one path that most of its inputs take: ")
+    return head + "; ".join(parts) + f"; paths are {format_share(sig['overall_purity'])} pure."
+
+
+def _crossover_sentence(result, exp):
+    cross = result["signatures"]["crossovers"]
+    if not cross.get("counts"):
+        return None
+    pair, n = max(cross["counts"].items(), key=lambda kv: kv[1])
+    true, other = json.loads(pair) if pair.startswith("[") else pair.split(",")
+    share = cross["shares"][pair]
+    return (f"{n} {_many(exp, true)} ({format_share(share)}) follow the dominant path of the {_many(exp, other)}: "
+            f"{_many(exp, true)} that look like {_many(exp, other)}.")
+
+
+def _neuron_sentence(result, exp, broken):
+    live = [layer for layer in exp.layers if layer not in broken]
+    if not live:
+        return None
+    layer = live[-1]
+    summary = result["neurons"][layer]
+    constant = set((summary.get("constant") or []))
     best_class, best = None, None
     for c, neurons in summary["signatures"].items():
+        neurons = [n for n in neurons if n["neuron"] not in constant]
         if neurons and (best is None or abs(neurons[0]["auroc"] - 0.5) > abs(best["auroc"] - 0.5)):
             best_class, best = c, neurons[0]
-    if best is not None:
-        how = "fires most for" if best["auroc"] >= 0.5 else "stays quietest for"
-        out.append(f"In {last}, neuron n{best['neuron']} best tells the {_many(exp, best_class)} apart: it "
-                   f"{how} them (AUROC {best['auroc']:.2f}); {summary['n_dead']} of "
-                   f"{len(summary['active_fraction'])} neurons never fire.")
+    if best is None:
+        return None
+    where = layer if layer == exp.layers[-1] else f"{layer} (the last hidden layer that passes anything on)"
+    dead = f"{summary['n_dead']} of {len(summary['active_fraction'])} neurons never fire"
+    if abs(best["auroc"] - 0.5) < NEURON_AUROC_MARGIN:
+        return (f"No neuron of {where} tells a class apart well: the best, n{best['neuron']}, has AUROC "
+                f"{best['auroc']:.2f} (0.5 is chance); {dead}.")
+    how = "fires most for" if best["auroc"] >= 0.5 else "stays quietest for"
+    return (f"In {where}, neuron n{best['neuron']} best tells the {_many(exp, best_class)} apart: it "
+            f"{how} them (AUROC {best['auroc']:.2f}); {dead}.")
 
-    anomaly = result["anomaly"]
-    if anomaly and anomaly.get("auroc"):
-        au = anomaly["auroc"]["auroc"]
-        across = sig.get("anomaly_crossovers", {}).get("shares", {})
-        goes = []
-        for u in exp.anomalies or exp.unseen:
-            shares = {k: v for k, v in across.items() if json.loads(k)[0] == u} if across else {}
-            if shares:
-                key, share = max(shares.items(), key=lambda kv: kv[1])
-                goes.append(f"{share:.0%} of the {_many(exp, u)} take the path of the "
-                            f"{_many(exp, json.loads(key)[1])}")
-        if goes:
-            out.append("Where unseen inputs go: " + "; ".join(goes[:4]) + ".")
-        exits = (anomaly.get("exit_summary") or {}).get("unseen") or {}
-        leave = []
-        for u in (exp.anomalies or exp.unseen)[:3]:
-            shares = (exits.get(str(u)) or {}).get("shares") or {}
-            layers_only = {k: v for k, v in shares.items() if k != "never"}
-            if layers_only:
-                layer, share = max(layers_only.items(), key=lambda kv: kv[1])
-                leave.append(f"the {_many(exp, u)} mostly at {layer} ({share:.0%}; {shares.get('never', 0):.0%} "
-                             "never do)")
-        if leave:
-            out.append(f"Where they leave the known clusters (distance p < {result['alpha']}): "
-                       + "; ".join(leave) + ".")
-        out.append(
-            f"Their distance to the known clusters tells unseen from held-out trained inputs with AUROC "
-            f"{au['pvalue']:.2f} (path rarity {au['path_rarity']:.2f}; max-softmax baseline {au['msp']:.2f})."
-        )
+
+def _outcomes(exp, u, items, margin, words):
+    """One unseen class's outcomes, ``items`` (label, share) largest first, in words.
+
+    The two largest within ``margin`` are a split naming both; a share above one half is
+    "most"; otherwise no outcome is said to hold most of the class. ``words(label)`` gives
+    the outcome as a verb phrase and as a noun phrase (for "split between ... and ...").
+    """
+    items = [(k, v) for k, v in items if v > 0]
+    if not items:
+        return None
+    listed = lambda rest: ", ".join(f"{format_share(v)} {words(k)[0]}" for k, v in rest)  # noqa: E731
+    if len(items) >= 2 and items[0][1] - items[1][1] <= margin:
+        (a, sa), (b, sb) = items[:2]
+        text = (f"the {_many(exp, u)} split between {words(a)[1]} ({format_share(sa)}) and {words(b)[1]} "
+                f"({format_share(sb)}), within {_points(margin)}")
+        return text + (f"; {listed(items[2:])}" if items[2:] else "")
+    label, share = items[0]
+    if share > 0.5:
+        text = f"most {_many(exp, u)} ({format_share(share)}) {words(label)[0]}"
+        return text + (f" ({listed(items[1:])})" if items[1:] else "")
+    return f"no one outcome holds most of the {_many(exp, u)}: {listed(items)}"
+
+
+def _where_part(exp, u, shares, margin):
+    items = [(int(json.loads(k)[1]), float(v)) for k, v in shares.items()]
+    rest = 1.0 - sum(v for _, v in items)
+    items.append((None, max(rest, 0.0)))
+    items.sort(key=lambda kv: -kv[1])
+
+    def words(c):
+        noun = "no trained class's dominant path" if c is None else f"the dominant path of the {_many(exp, c)}"
+        return f"take {noun}", noun
+
+    return _outcomes(exp, u, items, margin, words)
+
+
+def _exit_part(exp, u, shares, margin):
+    def words(label):
+        return ("never leave", "never leaving") if label == "never" else (f"leave at {label}", f"leaving at {label}")
+
+    return _outcomes(exp, u, sorted(shares.items(), key=lambda kv: -kv[1]), margin, words)
+
+
+def _unseen_sentences(result, exp, margin):
+    anomaly = result.get("anomaly")
+    if not anomaly or not anomaly.get("auroc"):
+        return []
+    focus = [int(u) for u in anomaly.get("unseen_set") or list(exp.unseen)]
+    words = _set_words(exp, focus)
+    out = []
+    across = result["signatures"].get("anomaly_crossovers", {}).get("shares", {}) or {}
+    goes = [_where_part(exp, u, {k: v for k, v in across.items() if json.loads(k)[0] == u}, margin) for u in focus]
+    out.append(f"Where {words} go: " + "; ".join(g for g in goes if g) + ".")
+    exits = (anomaly.get("exit_summary") or {}).get("unseen") or {}
+    leave = [_exit_part(exp, u, (exits.get(str(u)) or {}).get("shares") or {}, margin) for u in focus]
+    leave = [part for part in leave if part]
+    if leave:
+        out.append(f"Where {words} leave the known clusters (distance p < {result['alpha']}): "
+                   + "; ".join(leave) + ".")
+    au = anomaly["auroc"]["auroc"]
+    trained = _and(_many(exp, c) for c in exp.classes)
+    out.append(
+        f"Distance to the known clusters tells {words} from held-out {trained} with AUROC "
+        f"{au['pvalue']:.2f} (path rarity {au['path_rarity']:.2f}; max-softmax baseline {au['msp']:.2f})."
+    )
     return out
+
+
+def findings(result, exp, *, tie_margin=TIE_MARGIN, low_accuracy=LOW_ACCURACY):
+    """Short sentences answering the questions for one experiment, each exactly as strong as its numbers.
+
+    Parameters
+    ----------
+    result : dict
+        :func:`analyze`'s values (without ``findings``).
+    exp : Experiment
+    tie_margin : float, default :data:`TIE_MARGIN`
+        Two largest shares (of a class's paths, of where unseen inputs go, of where they
+        leave) at most this far apart are reported as a split naming both, not as one answer.
+    low_accuracy : float, default :data:`LOW_ACCURACY`
+        Below this held-out accuracy the findings say that the network has not learned the task.
+
+    Returns
+    -------
+    list of str
+        In order: dead or constant layers (if any), the accuracy, the separating layer
+        beside the raw input, each class's paths, the commonest crossover, the best
+        signature neuron of the last layer that passes anything on, and for the unseen
+        classes (each sentence names the set, :func:`unseen_set`) where they go, where
+        they leave the known clusters and how well they are told apart. A share above 50%
+        is "most"; anything less is never called so.
+    """
+    for what, value in (("tie_margin", tie_margin), ("low_accuracy", low_accuracy)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{what} must be a share in [0, 1], got {value!r}")
+    out = []
+    classes = ", ".join(_name(exp, c) for c in exp.classes)
+    problems = _layer_problems(result, exp)
+    if problems:
+        out.append(_dead_sentence(problems))
+    accuracy = result.get("accuracy", (exp.metrics or {}).get("accuracy"))
+    low = accuracy is not None and accuracy < low_accuracy
+    if accuracy is not None:
+        out.append(_accuracy_sentence(exp, accuracy, classes, low_accuracy))
+    out.append(_separation_sentence(result, exp, classes, problems, low))
+    out.append(_signature_sentence(result, exp, tie_margin))
+    cross = _crossover_sentence(result, exp)
+    if cross:
+        out.append(cross)
+    neuron = _neuron_sentence(result, exp, dict(problems))
+    if neuron:
+        out.append(neuron)
+    out.extend(_unseen_sentences(result, exp, tie_margin))
+    return out
+
+
+def _usable_cache(cached, exp):
+    """Whether a parsed ``analysis.json`` is a complete analysis of this version for ``exp``."""
+    if not isinstance(cached, dict):
+        return False
+    for key, kind in _CACHE_KEYS.items():
+        if not isinstance(cached.get(key), kind) or isinstance(cached.get(key), bool):
+            return False
+    if cached["version"] != _VERSION or cached["layers"] != list(exp.layers):
+        return False
+    if set(cached["neurons"]) != set(exp.layers) or not all(isinstance(s, str) for s in cached["findings"]):
+        return False
+    sep = cached["separation"]
+    return (isinstance(sep.get("table"), list) and all(isinstance(r, dict) for r in sep["table"])
+            and isinstance(sep.get("reason"), str) and isinstance(sep.get("cka"), list)
+            and (sep.get("first_layer") is None or sep.get("first_layer") in exp.layers)
+            and (cached.get("anomaly") is None or isinstance(cached.get("anomaly"), dict)))
+
+
+def _read_cache(path, exp):
+    """The cached analysis at ``path`` if it is a complete one of this version for ``exp``, else None."""
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return cached if _usable_cache(cached, exp) else None
 
 
 def load_or_analyze(exp, folder=None, *, progress=None):
     """:func:`analyze` once per stored experiment, kept as ``analysis.json`` in its folder.
+
+    A cached file that cannot be used (unreadable, truncated, not JSON, not an analysis
+    object, missing keys, of another version, or of other layers) is treated as absent:
+    the analysis is computed again and the file rewritten atomically
+    (:func:`signatures.store.write_file_atomic`), so a reader never sees half a file.
+    When the folder cannot be written, the analysis is returned without being kept and a
+    warning names the file.
 
     Parameters
     ----------
     exp : Experiment
     folder : str or Path, optional
         The experiment's folder; without it nothing is kept.
+    progress : callable, optional
+        As in :func:`analyze`.
     """
-    if folder is not None:
-        path = Path(folder) / ANALYSIS_FILE
-        if path.is_file():
-            try:
-                cached = json.loads(path.read_text(encoding="utf-8"))
-                if cached.get("version") == _VERSION:
-                    return cached
-            except json.JSONDecodeError:
-                pass
+    path = None if folder is None else Path(folder) / ANALYSIS_FILE
+    if path is not None and path.is_file():
+        cached = _read_cache(path, exp)
+        if cached is not None:
+            return cached
     result = analyze(exp, progress=progress)
-    if folder is not None:
-        write_file_atomic(Path(folder) / ANALYSIS_FILE, json.dumps(result))
+    if path is not None:
+        try:
+            write_file_atomic(path, json.dumps(result))
+        except OSError as exc:
+            warnings.warn(f"the analysis could not be kept in {path}: {exc.strerror or exc}; "
+                          "it will be computed again next time", RuntimeWarning, stacklevel=2)
     return result

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from signatures.analysis import ANALYSIS_FILE, analyze, load_or_analyze
+from signatures.analysis import ANALYSIS_FILE, analyze, format_share, load_or_analyze
 from signatures.store import save_experiment
 
 
@@ -21,7 +21,7 @@ def test_findings_state_a_separating_layer_and_a_purity(small_experiment, analys
     assert layer in small_experiment.layers  # 1 vs 7 separates in some hidden layer
     assert f"separate from layer {layer}" in text
     purity = analysis["signatures"]["overall_purity"]
-    assert f"paths are {purity:.1%} pure" in text
+    assert f"paths are {format_share(purity)} pure" in text
     assert "max-softmax baseline" in text and "AUROC" in text
     au = analysis["anomaly"]["auroc"]["auroc"]
     assert set(au) == {"pvalue", "path_rarity", "msp"} and all(0 <= v <= 1 for v in au.values())
@@ -31,7 +31,9 @@ def test_analysis_is_plain_json_and_covers_every_layer(small_experiment, analysi
     again = json.loads(json.dumps(analysis))
     assert again == analysis
     assert set(analysis["neurons"]) == set(small_experiment.layers)
-    assert [r["layer"] for r in analysis["separation"]["table"]] == small_experiment.layers
+    table = analysis["separation"]["table"]
+    assert [r["layer"] for r in table] == ["input", *small_experiment.layers]  # the raw input first, for reference
+    assert [r["kind"] for r in table] == ["input"] + ["hidden"] * len(small_experiment.layers)
     assert len(analysis["separation"]["cka"]) == len(small_experiment.layers)
 
 
