@@ -78,13 +78,34 @@ def check_k_range(k_range, n_samples=None):
 
 
 def _check_X(X):
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"X must hold numbers (activations), got an array of dtype {X.dtype}")
+    X = X.astype(np.float64, copy=False)
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X must hold at least one row and one column, got shape {X.shape}")
     if not np.isfinite(X).all():
         bad = int((~np.isfinite(X).all(axis=1)).sum())
         raise ValueError(f"X has NaN or infinite values in {bad} of {len(X)} rows; cannot cluster")
     return X
+
+
+def _positive_int(value, what, *, minimum=1, allow_none=False):
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"{what} must be an integer >= {minimum}{extra}, got {value!r}")
+    return int(value)
+
+
+def _check_options(sample_size, n_init, random_state, n_threads):
+    _positive_int(sample_size, "sample_size", minimum=2, allow_none=True)
+    _positive_int(n_init, "n_init")
+    _positive_int(random_state, "random_state", minimum=0)
+    _positive_int(n_threads, "n_threads", allow_none=True)
 
 
 def _kmeans(k, n_init, random_state):
@@ -114,6 +135,7 @@ def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, 
     """
     X = _check_X(X)
     ks = check_k_range(k_range, len(X))
+    _check_options(sample_size, n_init, random_state, n_threads)
     if sample_size is not None and len(X) > sample_size:
         rng = np.random.default_rng(random_state)
         X = X[np.sort(rng.choice(len(X), size=int(sample_size), replace=False))]
@@ -197,6 +219,7 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
         """Choose K and fit k-means on all rows of ``X`` (n_samples, n_features)."""
         X = _check_X(X)
         ks = check_k_range(self.k_range, len(X))
+        _check_options(self.sample_size, self.n_init, self.random_state, self.n_threads)
         distinct, inverse = np.unique(X, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         self.silhouette_scores_ = {}
@@ -301,6 +324,8 @@ def cluster_layers(hidden, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=
     Parameters
     ----------
     hidden : dict[str, ndarray of shape (n_samples, n_units)]
+    k_range, sample_size, n_init, random_state
+        As for :class:`LayerKMeans`.
     progress : callable, optional
         ``progress(stage, fraction, message)`` after each layer.
 
@@ -310,9 +335,14 @@ def cluster_layers(hidden, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=
     """
     out = OrderedDict()
     names = list(hidden)
+    if not names:
+        raise ValueError("hidden must hold at least one layer's activations, got none")
     for i, name in enumerate(names, start=1):
         est = LayerKMeans(k_range=k_range, sample_size=sample_size, n_init=n_init, random_state=random_state)
-        out[name] = est.fit(hidden[name])
+        try:
+            out[name] = est.fit(hidden[name])
+        except ValueError as exc:
+            raise ValueError(f"layer {name!r}: {exc}") from None
         if progress:
             extra = f" ({est.status_}: {est.note_})" if est.status_ != "ok" else ""
             progress("clustering", i / len(names), f"layer {name}: K = {est.k_}{extra}")

@@ -154,3 +154,30 @@ def test_cluster_layers_keeps_order_and_reports():
     assert list(out) == ["b", "a"]
     assert out["a"].status_ == "constant"
     assert seen[-1][1] == 1.0 and "constant" in seen[-1][2]
+
+
+@pytest.mark.parametrize(
+    "X, options, message",
+    [
+        (np.zeros((0, 3)), {}, r"X must hold at least one row and one column, got shape \(0, 3\)"),
+        (np.full((10, 2), "a"), {}, "X must hold numbers .* dtype <U1"),
+        (np.ones((30, 2)), {"sample_size": 1}, "sample_size must be an integer >= 2 or None, got 1"),
+        (np.ones((30, 2)), {"n_init": 0}, "n_init must be an integer >= 1, got 0"),
+        (np.ones((30, 2)), {"random_state": -1}, "random_state must be an integer >= 0, got -1"),
+        (np.ones((30, 2)), {"random_state": 1.5}, "random_state must be an integer >= 0, got 1.5"),
+        (np.ones((30, 2)), {"n_threads": 0}, "n_threads must be an integer >= 1 or None, got 0"),
+    ],
+)
+def test_bad_inputs_and_options_are_named(X, options, message):
+    with pytest.raises(ValueError, match=message):
+        LayerKMeans(k_range=range(2, 4), **options).fit(X)
+    with pytest.raises(ValueError, match=message):
+        silhouette_sweep(X, k_range=range(2, 4), **options)
+
+
+def test_cluster_layers_names_the_layer_that_cannot_be_clustered():
+    hidden = {"ok": np.random.default_rng(0).normal(size=(20, 2)), "block/act": np.full((20, 2), np.inf)}
+    with pytest.raises(ValueError, match=r"layer 'block/act': X has NaN or infinite values in 20 of 20 rows"):
+        cluster_layers(hidden, k_range=range(2, 4))
+    with pytest.raises(ValueError, match="hidden must hold at least one layer's activations, got none"):
+        cluster_layers({})
