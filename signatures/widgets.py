@@ -13,6 +13,7 @@ button imports TensorFlow (through :func:`signatures.experiment.run_experiment`)
 from __future__ import annotations
 
 import html
+import logging
 import os
 import threading
 import time
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import ipywidgets as W
 import numpy as np
+import traitlets
 
 from . import figures as F
 from .data import DATASETS, DataUnavailableError
 from .experiment import ExperimentConfig
 from .paths import path_label
 from .plotview import Plot, PlotBox
-from .store import check_name, experiment_path, list_experiments, load_experiment
+from .store import check_name, default_store, experiment_path, list_experiments, load_experiment
 
 __all__ = [
     "store_root",
@@ -49,14 +51,47 @@ STAGES = (
 
 _ERROR_STYLE = "color:#b00020;font-size:13px;margin:2px 0 6px 0"
 
+_log = logging.getLogger(__name__)
+
+#: What to do about a stored experiment that cannot be shown.
+_DAMAGED_TODO = ("Its files may be damaged or from another version: build it again (the Builder page, or "
+                 "python -m signatures run ... --out {folder}) or remove the folder {folder}. "
+                 "The other experiments can still be chosen.")
+
 
 def store_root(store=None):
-    """The store folder: ``store``, else ``$SIGNATURES_STORE``, else ``./runs``."""
-    return Path(store or os.environ.get("SIGNATURES_STORE") or "runs").resolve()
+    """The store folder: ``store``, else :func:`signatures.store.default_store` (``$SIGNATURES_STORE``,
+    else ``runs/`` at the checkout's root, the folder the CLI writes to)."""
+    return Path(store).expanduser().resolve() if store else default_store()
 
 
 def _error_html(message):
     return f'<div class="sig-error" style="{_ERROR_STYLE}">{html.escape(message)}</div>' if message else ""
+
+
+def _reason(exc):
+    """``exc`` in words: the project's own errors carry their message; others are named by their type."""
+    text = str(exc).strip()
+    if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, DataUnavailableError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _failure_html(what, exc, todo):
+    """An error shown in the page at a UI callback's boundary: what went wrong, then what to do.
+
+    The traceback goes to this module's logger (debug level), never to the page.
+    """
+    _log.debug("%s", what, exc_info=exc)
+    return _error_html(f"{what}: {_reason(exc).rstrip('.')}. {todo}")
+
+
+def _damaged_todo(exc, folder):
+    """What to do about a stored experiment that cannot be shown. The store's own errors
+    (ValueError, FileNotFoundError) name the damaged file and the remedy already."""
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return "The other experiments can still be chosen."
+    return _DAMAGED_TODO.format(folder=folder)
 
 
 def _architecture(config):
@@ -245,6 +280,7 @@ class ExperimentView:
         self.selection = W.Dropdown(options=options, value=options[0][1] if options else None,
                                     description="Show", layout=W.Layout(width="640px"))
         self.boxes = {view: PlotBox(self.renderer, lazy=True) for view in self.VIEWS}
+        self.message = W.HTML()
         c = exp.config
         ks = ", ".join(f"{n}: K = {e.k_}" for n, e in exp.clusterers.items())
         header = W.HTML(
@@ -271,13 +307,25 @@ class ExperimentView:
             W.HTML("<h3>Inputs behind a cluster or path</h3>"),
             self.selection,
             b["images"],
+            self.message,
         ], layout=W.Layout(width="100%"))
         for view in self.VIEWS:
             self._show(view)
-        self.layer.observe(lambda _: self._show("umap", "silhouette"), "value")
-        self.color_by.observe(lambda _: self._show("umap"), "value")
-        self.inserted.observe(lambda _: self._on_inserted(), "value")
-        self.selection.observe(lambda _: self._show("images"), "value")
+        self.layer.observe(lambda _: self._shown_or_error(self._show, "umap", "silhouette"), "value")
+        self.color_by.observe(lambda _: self._shown_or_error(self._show, "umap"), "value")
+        self.inserted.observe(lambda _: self._shown_or_error(self._on_inserted), "value")
+        self.selection.observe(lambda _: self._shown_or_error(self._show, "images"), "value")
+
+    def _shown_or_error(self, action, *args):
+        """A control's callback: run ``action``; a failure is shown in :attr:`message`, the page stays usable."""
+        try:
+            action(*args)
+        except Exception as exc:  # a callback's outermost boundary: show it in the page, no traceback
+            self.message.value = _failure_html(
+                "This view cannot be drawn", exc,
+                "Choose other values above; if it persists, the experiment's files may be damaged: build it again.")
+        else:
+            self.message.value = ""
 
     def _show(self, *views):
         for view in views:
@@ -312,6 +360,7 @@ class GalleryApp:
         self.store = store_root(store)
         self.renderer = renderer
         self._views = {}
+        self.failed = {}
         self._not_selecting = threading.Event()
         self._not_selecting.set()
         self.picker = W.Dropdown(description="Experiment", layout=W.Layout(width="420px"))
@@ -327,8 +376,7 @@ class GalleryApp:
         """Re-read the list of complete experiments in the store."""
         manifests = list_experiments(self.store)
         self.manifests = {m["name"]: m for m in manifests}
-        options = [(f"{m['name']} · {m['config']['dataset']} · digits {', '.join(map(str, m['classes']))} · "
-                    f"{m['metrics']['accuracy']:.1%}", m["name"]) for m in manifests]
+        options = [(_manifest_label(m), m["name"]) for m in manifests]
         self.picker.options = [("choose an experiment", None)] + options
         if not manifests:
             self.message.value = (
@@ -350,11 +398,14 @@ class GalleryApp:
         return self
 
     def _preload_one(self, name):
+        """Load and warm one experiment; one that fails is noted in :attr:`failed` (name -> reason) and
+        left for :meth:`select`, which shows why when a visitor asks for it."""
         if name in self.manifests and name not in self._views:
             try:
                 self._views.setdefault(name, self._view(name).warm())
-            except (ValueError, FileNotFoundError) as exc:
-                self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
+            except Exception as exc:  # a preload thread's outermost boundary: one bad experiment skips only itself
+                self._views.pop(name, None)
+                self.failed[name] = _reason(exc)
 
     def preload_in_background(self, names=None, *, niceness=10):
         """:meth:`preload` in a thread at lower CPU priority (Voilà's preheated kernels run this).
@@ -375,7 +426,12 @@ class GalleryApp:
         return self._preloading
 
     def select(self, name):
-        """Show experiment ``name`` (loaded once, then kept)."""
+        """Show experiment ``name`` (loaded once, then kept).
+
+        Returns its :class:`ExperimentView`, or None when it cannot be shown: then the page says
+        why and what to do, shows no other experiment's views under its name, and stays usable.
+        """
+        self.message.value = ""
         if name is None:
             self.body.children = ()
             return None
@@ -388,13 +444,17 @@ class GalleryApp:
             if name not in self._views:
                 self._views.setdefault(name, self._view(name))
             view = self._views[name]
-            self.message.value = ""
+            widget = view.widget
             if self.picker.value != name:
                 self.picker.value = name
-            self.body.children = (view.widget,)
+            self.body.children = (widget,)
+            self.failed.pop(name, None)
             return view
-        except (ValueError, FileNotFoundError) as exc:
-            self.message.value = _error_html(f"experiment {name!r} cannot be shown: {exc}")
+        except Exception as exc:  # the picker callback's outermost boundary: shown in the page
+            self._views.pop(name, None)  # not kept: a repaired experiment is read again
+            self.body.children = ()
+            self.message.value = _failure_html(f"Experiment {name!r} cannot be shown", exc,
+                                               _damaged_todo(exc, self.manifests[name]["path"]))
             return None
         finally:
             self._not_selecting.set()
@@ -412,6 +472,15 @@ class GalleryApp:
         return None
 
 
+def _manifest_label(manifest):
+    """The picker's label of a stored experiment; a manifest with fields of the wrong kind still gets one."""
+    try:
+        return (f"{manifest['name']} · {manifest['config']['dataset']} · digits "
+                f"{', '.join(map(str, manifest['classes']))} · {float(manifest['metrics']['accuracy']):.1%}")
+    except (KeyError, TypeError, ValueError):
+        return f"{manifest['name']} · (its manifest is incomplete)"
+
+
 def _query_experiment(query=None):
     """``NAME`` of ``?experiment=NAME``: from ``query``, else Voilà's request (waiting for it when the
     kernel was preheated), else ``$QUERY_STRING``."""
@@ -425,6 +494,31 @@ def _query_experiment(query=None):
         except ImportError:
             query = os.environ.get("QUERY_STRING")
     return parse_qs(query or "").get("experiment", [None])[0]
+
+
+class _NumberString(traitlets.Unicode):
+    """A string trait that also takes a number (kept as its text)."""
+
+    def validate(self, obj, value):
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            value = str(value)
+        return super().validate(obj, value)
+
+
+class NumberText(W.Text):
+    """A text box for a whole number that keeps what was typed, so a bad value can be named next to
+    it (an ``IntText`` silently reverts one). Set it with text or a number: ``box.value = 4``."""
+
+    value = _NumberString(help="String value").tag(sync=True)
+
+
+def _int_or_text(text):
+    """``text`` as an int when it is a whole number, else the text itself (stripped)."""
+    text = str(text).strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _toggles(values, selected, description):
@@ -446,6 +540,9 @@ class BuilderApp:
         How plots are drawn (default :func:`signatures.plotview.plot_renderer`).
     """
 
+    #: Config field -> the words its control shows, for the controls whose words are a label of their own.
+    _LABELS = {"digits": "Train on digits", "anomalies": "Insert anomalies"}
+
     def __init__(self, store=None, *, data_dir=None, renderer=None):
         self.store = store_root(store)
         self.data_dir = data_dir
@@ -455,8 +552,8 @@ class BuilderApp:
         self.view = None
         label = dict(style={"description_width": "150px"}, layout=W.Layout(width="420px"))
         self.dataset = W.Dropdown(options=sorted(DATASETS), value="mnist", description="Dataset", **label)
-        digits_box, self.digit_buttons = _toggles(range(10), {1, 7}, "Train on digits")
-        anomaly_box, self.anomaly_buttons = _toggles(range(10), {3, 4}, "Insert anomalies")
+        digits_box, self.digit_buttons = _toggles(range(10), {1, 7}, self._LABELS["digits"])
+        anomaly_box, self.anomaly_buttons = _toggles(range(10), {3, 4}, self._LABELS["anomalies"])
         self.n_per_class = W.Text(value="", placeholder="all", description="Images per digit", **label)
         self.arch = W.ToggleButtons(options=[("MLP", "mlp"), ("CNN", "cnn")], value="mlp",
                                     description="Architecture", style={"description_width": "150px"})
@@ -465,9 +562,9 @@ class BuilderApp:
                                      description="Activation", **label)
         self.filters = W.Text(value="8 16", description="CNN filters", **label)
         self.epochs = W.BoundedIntText(value=5, min=0, max=200, description="Epochs", **label)
-        self.k_min = W.IntText(value=2, description="K from", **label)
-        self.k_max = W.IntText(value=10, description="K to", **label)
-        self.seed = W.IntText(value=0, description="Seed", **label)
+        self.k_min = NumberText(value="2", description="K from", **label)
+        self.k_max = NumberText(value="10", description="K to", **label)
+        self.seed = NumberText(value="0", description="Seed", **label)
         self.name = W.Text(value="my-experiment", description="Experiment name", **label)
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
         self.progress = W.FloatProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="420px"))
@@ -477,11 +574,20 @@ class BuilderApp:
 
         self.errors = {key: W.HTML() for key in (
             "dataset", "digits", "anomalies", "n_per_class", "arch", "hidden", "filters", "activation",
-            "epochs", "k_range", "name", "other")}
+            "epochs", "k_range", "seed", "name", "other")}
         self.filters_row = W.VBox([self.filters, self.errors["filters"]])
         self.arch.observe(lambda _: self._show_arch(), "value")
         self._show_arch()
         self.run_button.on_click(lambda _: self.run())
+        controls = {
+            "dataset": [self.dataset], "digits": self.digit_buttons, "anomalies": self.anomaly_buttons,
+            "n_per_class": [self.n_per_class], "arch": [self.arch], "hidden": [self.hidden],
+            "filters": [self.filters], "activation": [self.activation], "epochs": [self.epochs],
+            "k_range": [self.k_min, self.k_max], "seed": [self.seed], "name": [self.name],
+        }
+        for key, widgets in controls.items():
+            for widget in widgets:
+                widget.observe(lambda _, key=key: self._changed(key), "value")
 
         e = self.errors
         form = W.VBox([
@@ -495,7 +601,7 @@ class BuilderApp:
             self.epochs, e["epochs"],
             W.HBox([self.k_min, self.k_max]), e["k_range"],
             anomaly_box, e["anomalies"],
-            self.seed,
+            self.seed, e["seed"],
             self.name, e["name"],
             e["other"],
             W.HBox([self.run_button, self.progress]),
@@ -510,61 +616,74 @@ class BuilderApp:
         elif self.arch.value == "mlp" and self.hidden.value.strip() == "32":
             self.hidden.value = "64 32"
 
+    def _changed(self, key):
+        """A control changed: its old message, and the Run's, no longer apply."""
+        related = ("digits", "anomalies") if key in ("digits", "anomalies") else (key,)
+        for k in (*related, "other"):
+            self.errors[k].value = ""
+        self.error.value = ""
+
     # ------------------------------------------------------------------ inputs
 
+    def words(self):
+        """Config field -> the words the page shows for its control; messages start with them."""
+        return {
+            "dataset": self.dataset.description, **self._LABELS, "n_per_class": self.n_per_class.description,
+            "arch": self.arch.description, "hidden": self.hidden.description, "filters": self.filters.description,
+            "activation": self.activation.description, "epochs": self.epochs.description,
+            "k_min": self.k_min.description, "k_max": self.k_max.description, "k_range": "K range",
+            "seed": self.seed.description,
+            "name": self.name.description,
+        }
+
     def config(self):
-        """The :class:`ExperimentConfig` the controls describe (not yet validated)."""
+        """The :class:`ExperimentConfig` the controls describe (not yet validated).
+
+        A text box that does not hold a whole number (images per digit, K from, K to, seed)
+        gives its text, which :meth:`check` reports next to the control.
+        """
         n = self.n_per_class.value.strip()
-        try:
-            n_per_class = int(n) if n and n.lower() != "all" else None
-        except ValueError:
-            n_per_class = n  # reported as a bad value by the config's checks
         return ExperimentConfig(
             name=self.name.value.strip(),
             dataset=self.dataset.value,
             digits=tuple(int(b.description) for b in self.digit_buttons if b.value),
             anomalies=tuple(int(b.description) for b in self.anomaly_buttons if b.value),
             all_unseen=True,
-            n_per_class=n_per_class,
+            n_per_class=_int_or_text(n) if n and n.lower() != "all" else None,
             arch=self.arch.value,
             hidden=self.hidden.value,
             activation=self.activation.value,
             filters=self.filters.value if self.arch.value == "cnn" else (8, 16),
             epochs=self.epochs.value,
-            k_min=self.k_min.value,
-            k_max=self.k_max.value,
+            k_min=_int_or_text(self.k_min.value),
+            k_max=_int_or_text(self.k_max.value),
             umap_points=2000,
-            seed=self.seed.value,
+            seed=_int_or_text(self.seed.value),
             data_dir=self.data_dir,
         )
 
     def check(self):
-        """Check every control; show each problem next to its control. Returns the problems."""
+        """Check every control; show each problem next to its control. Returns the problems.
+
+        Messages name each choice with the words on the page (:meth:`words`). A problem of a
+        choice the page has no control for is shown under the form (``other``).
+        """
         config = self.config()
-        problems = config.problems()
-        if config.epochs == 0:
-            problems["epochs"] = "epochs must be at least 1"
+        problems, counts = {}, None
+        if config.dataset in DATASETS:
+            try:
+                counts = self._dataset(config.dataset).counts()
+            except (DataUnavailableError, ValueError) as exc:
+                problems["dataset"] = str(exc)
+        for key, message in config.problems(words=self.words(), counts=counts).items():
+            problems.setdefault(key if key in self.errors else "other", message)
         try:
             check_name(config.name)
             if experiment_path(self.store, config.name).exists():
-                problems["name"] = (f"an experiment named {config.name!r} exists already in the store; "
-                                    "choose another name")
+                problems["name"] = (f"{self.name.description}: an experiment named {config.name!r} exists "
+                                    "already in the store; choose another name")
         except ValueError as exc:
             problems["name"] = str(exc)
-        if "dataset" not in problems:
-            try:
-                dataset = self._dataset(config.dataset)
-            except (DataUnavailableError, ValueError) as exc:
-                problems["dataset"] = str(exc)
-            else:
-                counts = dataset.counts()
-                if isinstance(config.n_per_class, int) and "digits" not in problems:
-                    short = {d: counts.get(d, 0) for d in config.digits if counts.get(d, 0) < config.n_per_class}
-                    if short:
-                        problems["n_per_class"] = (
-                            f"{config.n_per_class} images per digit asked, but "
-                            + ", ".join(f"digit {d} has {n}" for d, n in short.items())
-                            + f" in {dataset.source}; choose at most {min(short.values())}")
         for key, widget in self.errors.items():
             widget.value = _error_html(problems.get(key, ""))
         return problems
@@ -590,34 +709,52 @@ class BuilderApp:
             f"<div><b>{html.escape(s)}</b>: {html.escape(m)}</div>" for s, m in self._lines.items()) + "</div>"
 
     def run(self):
-        """Check the inputs, run the experiment, save it, show it. Returns the Experiment or None."""
+        """Check the inputs, run the experiment, save it, show it. Returns the Experiment or None.
+
+        Every failure is shown in the page (:attr:`error`), never as a traceback: bad inputs
+        next to their controls, a failed run (a TensorFlow error included) with what to do.
+        The page stays usable: the previous results stay shown and Run works again.
+        """
         self.error.value = ""
+        self._saved = None
+        try:
+            return self._run()
+        except Exception as exc:  # the Run button's outermost boundary: shown in the page
+            if self._saved is None:
+                todo = ("Nothing was saved to the store. Change the values above (fewer images per digit or "
+                        "smaller layers need less memory) and run again.")
+                self.error.value = _failure_html("The run failed", exc, todo)
+            else:
+                self.error.value = _failure_html(
+                    f"Saved as {self._saved!r} in the store, but the results cannot be shown here", exc,
+                    "Open it in the Gallery.")
+            return None
+        finally:
+            self.run_button.disabled = False
+
+    def _run(self):
         if self.check():
             self.error.value = _error_html("Fix the values marked above, then run again.")
             return None
-        config = self.config().validate()
+        config = self.config().validate(words=self.words(), counts=self._dataset(self.dataset.value).counts())
         self.run_button.disabled = True
         self._wait_for_warm_up()
         self._lines = {}
         self.progress.value = 0.0
         start = time.perf_counter()
-        try:
-            from .experiment import run_experiment
-            from .store import save_experiment
+        from .experiment import run_experiment
+        from .store import save_experiment
 
-            exp = run_experiment(config, progress=self._progress, dataset=self._dataset(config.dataset))
-            self._progress("saving", 0.0, f"saving to the store as {config.name!r}")
-            save_experiment(exp, experiment_path(self.store, config.name))
-            exp.timings["saving"] = round(time.perf_counter() - start - sum(exp.timings.values()), 3)
-            self._progress("saving", 1.0, f"saved as {config.name!r} in {time.perf_counter() - start:.1f} s")
-        except (ValueError, FileExistsError, FileNotFoundError, DataUnavailableError) as exc:
-            self.error.value = _error_html(str(exc))
-            return None
-        finally:
-            self.run_button.disabled = False
-        self.experiment = exp
-        self.view = ExperimentView(exp, renderer=self.renderer)
-        self.results.children = (self.view.widget,)
+        exp = run_experiment(config, progress=self._progress, dataset=self._dataset(config.dataset),
+                             words=self.words())
+        self._progress("saving", 0.0, f"saving to the store as {config.name!r}")
+        save_experiment(exp, experiment_path(self.store, config.name))
+        self._saved = config.name
+        exp.timings["saving"] = round(time.perf_counter() - start - sum(exp.timings.values()), 3)
+        self._progress("saving", 1.0, f"saved as {config.name!r} in {time.perf_counter() - start:.1f} s")
+        view = ExperimentView(exp, renderer=self.renderer)
+        self.results.children = (view.widget,)
+        self.experiment, self.view = exp, view
         return exp
 
     @staticmethod
@@ -775,9 +912,23 @@ class LayersApp:
         self._quiet = False
         self.refresh()
         self.picker.observe(lambda change: self._quiet or self.select(change["new"]), "value")
-        self.layer.observe(lambda _: self._quiet or self._show_layer(), "value")
-        self.subject.observe(lambda _: self._quiet or self._show_subject(), "value")
+        self.layer.observe(lambda _: self._quiet or self._shown_or_error(self._show_layer), "value")
+        self.subject.observe(lambda _: self._quiet or self._shown_or_error(self._show_subject), "value")
         self.retrain_button.on_click(lambda _: self.retrain())
+
+    def _shown_or_error(self, action):
+        """A control's callback: run ``action``; a failure is shown in :attr:`message`, the page stays usable."""
+        if self.experiment is None:
+            return
+        try:
+            action()
+        except Exception as exc:  # a callback's outermost boundary: show it in the page, no traceback
+            self.message.value = _failure_html(
+                "This view cannot be drawn", exc,
+                "Choose another layer or subject; if it persists, the experiment's files may be damaged: "
+                "build it again.")
+        else:
+            self.message.value = ""
 
     def _set(self, control, **values):
         """Set a control's traits without running its observers."""
@@ -797,9 +948,12 @@ class LayersApp:
         return self
 
     def select(self, name):
-        """Show the answers for stored experiment ``name`` (analysed once, then read from its folder)."""
-        from .analysis import load_or_analyze
+        """Show the answers for stored experiment ``name`` (analysed once, then read from its folder).
 
+        Returns the analysis, or None when the experiment cannot be shown: then the page says why
+        and what to do, hides the previous experiment's answers, and stays usable.
+        """
+        self.message.value = ""
         if name is None:
             return None
         if name not in self.manifests:
@@ -808,12 +962,20 @@ class LayersApp:
             return None
         folder = Path(self.manifests[name]["path"])
         try:
-            exp = load_experiment(folder)
-            self.analysis = load_or_analyze(exp, folder)
-        except (ValueError, FileNotFoundError) as exc:
-            self.message.value = _error_html(f"experiment {name!r} cannot be analysed: {exc}")
+            return self._select(name, folder)
+        except Exception as exc:  # the picker callback's outermost boundary: shown in the page
+            self.experiment = self.analysis = None
+            self.body.layout.display = "none"
+            self.message.value = _failure_html(f"Experiment {name!r} cannot be shown", exc,
+                                               _damaged_todo(exc, folder))
             return None
-        self.experiment, self.message.value = exp, ""
+
+    def _select(self, name, folder):
+        from .analysis import load_or_analyze
+
+        exp = load_experiment(folder)
+        self.analysis = load_or_analyze(exp, folder)
+        self.experiment = exp
         self._set(self.picker, value=name)
         a = self.analysis
         self.findings.value = "<h2 class='sig-title'>Findings</h2>" + _findings_html(a)
@@ -833,6 +995,7 @@ class LayersApp:
             self.boxes["exits"].show(F.exit_layers(counts, exp.layers))
         self._set(self.layer, options=list(exp.layers), value=exp.layers[-1])
         self._show_layer()
+        self.body.layout.display = ""
         return a
 
     def select_from_query(self, query=None):
@@ -892,17 +1055,21 @@ class LayersApp:
     def retrain(self, *, seeds=(1, 2)):
         """Retrain with other seeds and compare clusters (explicit; trains models). Returns the summary."""
         from .characteristic import retrained_stability
-        from .data import DataUnavailableError
 
         if self.experiment is None:
             self.retrain_result.value = _error_html("choose an experiment first")
             return None
         self.retrain_button.disabled = True
+        self.retrain_result.value = ""
         try:
             out = retrained_stability(self.experiment.config, seeds=seeds, reference=self.experiment,
                                       progress=lambda stage, frac, msg: setattr(self.retrain_progress, "value", frac))
         except (ValueError, FileNotFoundError, DataUnavailableError) as exc:
             self.retrain_result.value = _error_html(f"could not retrain: {exc}")
+            return None
+        except Exception as exc:  # the button's outermost boundary (TensorFlow errors included)
+            self.retrain_result.value = _failure_html("Could not retrain", exc,
+                                                      "Nothing was changed; try again, or on a machine with more memory.")
             return None
         finally:
             self.retrain_button.disabled = False

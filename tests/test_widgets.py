@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,30 +40,83 @@ def test_builder_defaults_are_valid(store):
     assert config.digits == (1, 7) and config.anomalies == (3, 4) and config.all_unseen
 
 
-@pytest.mark.parametrize(
-    "change, field, text",
-    [
-        (lambda a: set_toggles(a.digit_buttons, {1}), "digits", "at least 2 digits"),
-        (lambda a: set_toggles(a.anomaly_buttons, {7}), "anomalies", "both trained and anomalies"),
-        (lambda a: setattr(a.n_per_class, "value", "5000"), "n_per_class", "digit 1 has 1135"),
-        (lambda a: setattr(a.n_per_class, "value", "many"), "n_per_class", "'many'"),
-        (lambda a: (setattr(a.k_min, "value", 8), setattr(a.k_max, "value", 3)), "k_range", "inverted"),
-        (lambda a: setattr(a.hidden, "value", "  "), "hidden", "at least one layer size"),
-        (lambda a: setattr(a.hidden, "value", "64 abc"), "hidden", "'abc'"),
-        (lambda a: setattr(a.name, "value", "../outside"), "name", "not allowed"),
-        (lambda a: setattr(a.name, "value", "a/b"), "name", "not allowed"),
-        (lambda a: setattr(a.name, "value", "small"), "name", "exists already"),
-        (lambda a: setattr(a.epochs, "value", 0), "epochs", "at least 1"),
-    ],
-)
-def test_bad_choice_is_shown_next_to_its_control(store, change, field, text):
+def set_value(control, value):
+    return lambda a: setattr(getattr(a, control), "value", value)
+
+
+# (change, field, start, text): the message next to the control ``field`` starts with ``start`` (the
+# words on the page) and holds ``text`` (the bad value, or what is allowed).
+BAD_CHOICES = [
+    (lambda a: set_toggles(a.digit_buttons, {1}), "digits", "", "at least 2"),
+    (lambda a: set_toggles(a.anomaly_buttons, {7}), "anomalies", "", "[7] are both trained"),
+    (set_value("n_per_class", "5000"), "n_per_class", "Images per digit", "digit 1 has only 1135"),
+    (set_value("n_per_class", "many"), "n_per_class", "Images per digit", "got 'many'"),
+    (set_value("n_per_class", "1.5"), "n_per_class", "Images per digit", "got '1.5'"),
+    (set_value("n_per_class", "inf"), "n_per_class", "Images per digit", "got 'inf'"),
+    (set_value("n_per_class", "nan"), "n_per_class", "Images per digit", "got 'nan'"),
+    (set_value("n_per_class", "-3"), "n_per_class", "Images per digit", "got -3"),
+    (set_value("n_per_class", "abc"), "n_per_class", "Images per digit", "got 'abc'"),
+    (set_value("n_per_class", "10000000"), "n_per_class", "Images per digit", "got 10000000"),
+    (set_value("seed", "-1"), "seed", "Seed", "from 0 to 2147483647, got -1"),
+    (set_value("seed", "abc"), "seed", "Seed", "got 'abc'"),
+    (set_value("seed", "0.5"), "seed", "Seed", "got '0.5'"),
+    (set_value("k_min", "abc"), "k_range", "K from", "got 'abc'"),
+    (set_value("k_max", "ten"), "k_range", "K to", "got 'ten'"),
+    (lambda a: (setattr(a.k_min, "value", 8), setattr(a.k_max, "value", 3)), "k_range", "K range", "inverted"),
+    (set_value("hidden", "  "), "hidden", "Dense hidden sizes", "at least one layer size"),
+    (set_value("hidden", "0"), "hidden", "Dense hidden sizes", "got 0"),
+    (set_value("hidden", "-1"), "hidden", "Dense hidden sizes", "got -1"),
+    (set_value("hidden", "abc"), "hidden", "Dense hidden sizes", "got 'abc'"),
+    (set_value("hidden", "64 abc"), "hidden", "Dense hidden sizes", "got 'abc'"),
+    (set_value("hidden", "100000"), "hidden", "Dense hidden sizes", "got 100000"),
+    (set_value("name", "../outside"), "name", "", "not allowed"),
+    (set_value("name", "a/b"), "name", "", "not allowed"),
+    (set_value("name", "small"), "name", "Experiment name", "exists already"),
+    (set_value("epochs", 0), "epochs", "Epochs", "got 0"),
+]
+
+
+@pytest.mark.parametrize("change, field, start, text", BAD_CHOICES,
+                         ids=[f"{c[1]}-{c[3]}" for c in BAD_CHOICES])
+def test_bad_choice_is_shown_next_to_its_control(store, change, field, start, text):
     app = BuilderApp(store)
     change(app)
     assert app.run() is None
     shown = errors(app)
-    assert field in shown and text in shown[field]
+    assert list(shown) == [field], shown  # next to its own control, and only there
+    message = html.unescape(app.errors[field].value)
+    message = message[message.index(">") + 1:]
+    assert message.startswith(start) and text in message, message
     assert "Fix the values marked above" in app.error.value
+    assert app.progress.value == 0 and app.status.value == ""  # nothing ran
     assert [m["name"] for m in list_experiments(store)] == ["small"]
+
+
+def test_changing_a_control_clears_its_old_message(store):
+    app = BuilderApp(store)
+    app.n_per_class.value = "abc"
+    app.seed.value = "-1"
+    app.run()
+    assert set(errors(app)) == {"n_per_class", "seed"} and app.error.value
+    app.n_per_class.value = "50"
+    assert set(errors(app)) == {"seed"} and app.error.value == ""
+    app.seed.value = 3
+    assert errors(app) == {}
+    assert app.check() == {} and app.config().validate().seed == 3
+
+
+def test_store_root_defaults_to_the_one_default_store(monkeypatch, tmp_path):
+    from signatures.store import default_store
+    from signatures.widgets import store_root
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.delenv("SIGNATURES_STORE", raising=False)
+    monkeypatch.chdir(repo / "notebooks")  # where JupyterLab runs a notebook
+    assert store_root() == default_store() == repo / "runs"
+    assert BuilderApp().store == GalleryApp().store == repo / "runs"
+    monkeypatch.setenv("SIGNATURES_STORE", str(tmp_path / "elsewhere"))
+    assert store_root() == tmp_path / "elsewhere"
+    assert store_root(tmp_path / "given") == tmp_path / "given"
 
 
 def test_dataset_not_available_offline(store, monkeypatch, tmp_path):
@@ -72,14 +126,35 @@ def test_dataset_not_available_offline(store, monkeypatch, tmp_path):
     assert "no mnist IDX files" in errors(app)["dataset"] and "--dataset digits" in errors(app)["dataset"]
 
 
-def test_run_saves_and_shows_results_then_a_bad_run_keeps_them(store):
+def test_run_error_is_shown_then_run_again_saves_and_shows_results_then_a_bad_run_keeps_them(store, monkeypatch):
+    import tensorflow as tf
+
+    from signatures import models
+
+    def out_of_memory(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[784,100000]")
+
     app = BuilderApp(store)
     app.n_per_class.value = "60"
     app.epochs.value = 1
     app.hidden.value = "12 6"
     app.k_max.value = 5
     app.name.value = "built"
+    monkeypatch.setattr(models, "train", out_of_memory)
+    assert app.run() is None  # TensorFlow fails during training: said in the page, no traceback
+    shown = html.unescape(app.error.value)
+    assert "The run failed: ResourceExhaustedError: OOM when allocating tensor" in shown
+    assert "Nothing was saved to the store" in shown and "run again" in shown
+    assert "<b>training</b>" in app.status.value  # where it stopped
+    assert not app.run_button.disabled and app.results.children == ()
+    assert [m["name"] for m in list_experiments(store)] == ["small"]
+    assert not [p for p in store.iterdir() if p.name.startswith(".")]  # no half-written folder
+    app.epochs.value = 2
+    assert app.error.value == ""  # the old error goes when a control changes
+    app.epochs.value = 1
+    monkeypatch.undo()
     exp = app.run()
+    assert app.error.value == ""
     assert exp is not None and app.progress.value == pytest.approx(1.0)
     for stage in ("loading", "training", "extraction", "clustering", "projection", "saving"):
         assert f"<b>{stage}</b>" in app.status.value
@@ -241,3 +316,156 @@ def test_preheated_builder_warms_up_in_the_background_and_a_run_waits_for_it(sto
     assert app._warming.is_alive() and not done.is_set()  # build_builder returned at once
     app._wait_for_warm_up()
     assert done.is_set() and "warm-up" in app.status.value and app.warm_seconds >= 0.5
+
+
+# --------------------------------------------------------------------------- damaged experiments in the pages
+
+
+def _flip_middle(path):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))  # same size: the manifest's size check passes
+
+
+def _extra_layer(path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["layers"] = manifest["layers"] + ["dense_99"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _classes_of_wrong_kind(path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["class_names"] = 7
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+DAMAGES = {
+    "tampered-arrays": lambda path: _flip_middle(path / "arrays.npz"),
+    "manifest-extra-layer": _extra_layer,
+    "manifest-wrong-kind": _classes_of_wrong_kind,
+}
+
+
+@pytest.fixture(scope="module")
+def damaged_store(small_experiment, tmp_path_factory):
+    """A store with the good 'small' and one copy per damage (damaged after the page lists it)."""
+    import shutil
+
+    from signatures.analysis import load_or_analyze
+
+    root = tmp_path_factory.mktemp("damaged")
+    save_experiment(small_experiment, root / "small", save_model=False)
+    load_or_analyze(small_experiment, root / "small")  # analysis.json, as the pages keep it
+    for name in DAMAGES:
+        shutil.copytree(root / "small", root / name)
+    return root
+
+
+def damage(store, name):
+    """Damage the copy ``name`` (after an app listed it); returns a function that repairs it."""
+    import shutil
+
+    folder = store / name
+    backup = store.parent / f"{store.name}-{name}-backup"
+    shutil.copytree(folder, backup)
+    DAMAGES[name](folder)
+
+    def repair():
+        shutil.rmtree(folder)
+        shutil.copytree(backup, folder)
+        shutil.rmtree(backup)
+    return repair
+
+
+def shown_error(widget):
+    return html.unescape(widget.value)
+
+
+@pytest.mark.parametrize("name", list(DAMAGES))
+def test_gallery_shows_a_damaged_experiment_error_and_stays_usable(damaged_store, name):
+    app = GalleryApp(damaged_store)
+    assert name in app.manifests
+    good = app.select("small")
+    assert good is not None
+    repair = damage(damaged_store, name)
+    try:
+        app.picker.value = name  # as a visitor picks it
+        text = shown_error(app.message)
+        assert f"Experiment {name!r} cannot be shown: " in text, text
+        assert str(damaged_store / name) in text and "other experiments can still be chosen" in text
+        assert app.body.children == ()  # no other experiment's views under its name
+        assert name not in app._views
+        view = app.select("small")  # another experiment still works, and the error goes
+        assert view is good and app.body.children == (good.widget,) and app.message.value == ""
+        good.layer.value = good.exp.layers[-1]
+        assert good.message.value == "" and good.exp.layers[-1] in good.shown("silhouette").layout.title.text
+    finally:
+        repair()
+    assert app.select(name) is not None and app.message.value == ""  # repaired: read again, not a cached failure
+
+
+@pytest.mark.parametrize("name", list(DAMAGES))
+def test_layers_page_shows_a_damaged_experiment_error_and_stays_usable(damaged_store, name):
+    from signatures.widgets import LayersApp
+
+    app = LayersApp(damaged_store)
+    repair = damage(damaged_store, name)
+    try:
+        assert app.select("small") is not None and app.body.layout.display == ""
+        app.picker.value = name
+        text = shown_error(app.message)
+        assert f"Experiment {name!r} cannot be shown: " in text, text
+        assert str(damaged_store / name) in text and "other experiments can still be chosen" in text
+        assert app.experiment is None and app.body.layout.display == "none"
+        app.layer.value = app.layer.options[0]  # a control of the hidden answers does nothing, raises nothing
+        assert app.select("small") is not None
+        assert app.message.value == "" and app.body.layout.display == "" and app.experiment.config.name == "small"
+    finally:
+        repair()
+
+
+def test_gallery_preload_skips_a_damaged_experiment_and_select_says_why(damaged_store):
+    app = GalleryApp(damaged_store)
+    repair = damage(damaged_store, "tampered-arrays")
+    try:
+        app.preload()
+        assert "tampered-arrays" in app.failed and "small" in app._views
+        assert app.message.value == ""  # nobody asked for it yet
+        assert app.select("tampered-arrays") is None
+        assert "Experiment 'tampered-arrays' cannot be shown" in shown_error(app.message)
+    finally:
+        repair()
+
+
+def test_a_view_that_fails_to_draw_says_so_and_the_next_change_works(store, monkeypatch):
+    from signatures import figures
+
+    view = GalleryApp(store).select("small")
+    real = figures.silhouette_curve
+
+    def broken(*args, **kwargs):
+        raise KeyError("silhouette_scores_")
+
+    monkeypatch.setattr(figures, "silhouette_curve", broken)
+    view.layer.value = view.exp.layers[1]
+    assert "This view cannot be drawn: KeyError: 'silhouette_scores_'" in shown_error(view.message)
+    monkeypatch.setattr(figures, "silhouette_curve", real)
+    view.layer.value = view.exp.layers[0]
+    assert view.message.value == ""
+
+
+@pytest.mark.parametrize("app_class", ["GalleryApp", "LayersApp"])
+def test_an_analysis_of_the_wrong_type_is_shown_as_an_error(store, monkeypatch, app_class):
+    from signatures import analysis, widgets
+
+    real = analysis.load_or_analyze
+    monkeypatch.setattr(analysis, "load_or_analyze", lambda exp, folder=None, **kw: {"findings": 5, "separation": []})
+    app = getattr(widgets, app_class)(store)
+    assert app.select("small") is None
+    text = shown_error(app.message)
+    assert "Experiment 'small' cannot be shown: TypeError: " in text
+    assert f"build it again (the Builder page, or python -m signatures run ... --out {store / 'small'}) or remove " \
+           f"the folder {store / 'small'}" in text
+    monkeypatch.setattr(analysis, "load_or_analyze", real)
+    assert app.select("small") is not None and app.message.value == ""
