@@ -122,7 +122,8 @@ def test_input_shape_mismatch_is_named(trained_mlp):
     with pytest.raises(ValueError, match=r"expects inputs of shape \(784,\), the data has rows of shape \(64,\) "
                                          r"\(64 values per row; the model takes 784\)"):
         check_input_shape(trained_mlp, np.zeros((3, 64)))
-    with pytest.raises(ValueError, match=r"one row per example, shape \(n_samples, 784\); got an array of shape \(784,\)"):
+    with pytest.raises(ValueError, match=r"one row per example, shape \(n_samples, 784\); got an array of shape "
+                                         r"\(784,\)"):
         check_input_shape(trained_mlp, np.zeros(784))
     with pytest.raises(ValueError, match="inputs must be numbers .* dtype <U1"):
         check_input_shape(trained_mlp, np.full((2, 784), "a"))

@@ -103,7 +103,8 @@ def test_softmax_dense_output_and_dense_then_softmax_output_are_both_the_predict
 def nested_model():
     """Functional outer model around a Sequential: Input -> [d1 relu, d2, a2 relu] -> out softmax."""
     inner = keras.Sequential([
-        keras.Input((2,)), L.Dense(3, activation="relu", name="d1"), L.Dense(2, name="d2"), L.Activation("relu", name="a2"),
+        keras.Input((2,)), L.Dense(3, activation="relu", name="d1"),
+        L.Dense(2, name="d2"), L.Activation("relu", name="a2"),
     ], name="block")
     x = keras.Input((2,), name="x")
     out = L.Dense(2, activation="softmax", name="out")(inner(x))
@@ -221,7 +222,7 @@ def test_conv_with_separate_relu():
 
 
 def test_end_to_end_experiment_on_a_users_nested_model(tmp_path):
-    """run_experiment with model_path: Input((8, 8)) -> Flatten -> nested [Dense, Activation relu] -> logits, softmax."""
+    """run_experiment with model_path: Input((8, 8)) -> Flatten -> nested [Dense, relu] -> logits -> softmax."""
     from signatures.experiment import ExperimentConfig, run_experiment
     from signatures.store import load_experiment, save_experiment
 
