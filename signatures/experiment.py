@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from . import paths as _paths
-from ._checks import MAX_LAYERS, MAX_UNITS, check_activation, check_int, is_int, parse_hidden
+from ._checks import check_activation, check_int, is_int, parse_hidden
 from .data import DATASETS, check_classes
 
 __all__ = ["ExperimentConfig", "Experiment", "run_experiment", "SPLITS", "print_progress", "FIELD_WORDS"]

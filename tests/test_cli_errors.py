@@ -1,4 +1,7 @@
-"""The command line never shows a traceback: bad input exits 2 naming the option or file, the rest exits 1 in one line."""
+"""The command line never shows a traceback.
+
+Bad input exits 2 naming the option or file; anything else exits 1 in one line.
+"""
 
 import errno
 import gzip
