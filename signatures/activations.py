@@ -9,17 +9,17 @@ Which layers are hidden
     chain of elementwise layers it feeds alone: activations (``Activation``, ``ReLU``,
     ``LeakyReLU``, ``PReLU``, ``ELU``, ``Softmax``), normalisations (``BatchNormalization``,
     ``LayerNormalization``, ...) and noise or dropout layers (identities at inference). Each
-    block gives one hidden layer, its *activated output*: the last activation of the chain,
-    or the kernel layer itself when it applies a non-linear ``activation=`` or nothing
-    follows. So ``Dense -> Activation('relu')`` is reported as the ``Activation`` layer,
+    block gives one hidden layer, its *activated output*: the last activation layer of the
+    chain, or the kernel layer itself when no activation layer follows it (its own
+    ``activation=`` applies). So ``Dense -> Activation('relu')`` is reported as the ``Activation`` layer,
     ``Dense -> BatchNormalization -> ReLU -> Dropout`` as the ``ReLU`` (never the
     normalised pre-activation value), ``Dense(activation='relu') -> Dropout`` as the
     ``Dense``. The *prediction* is not hidden: the model's output layer and, walking back
     from it through layers without weights, the last layer with weights, so the logits of
     ``Dense -> Activation('softmax')`` are not hidden either. Models nested in a model
     (a ``Sequential`` inside a functional model, or the reverse) are looked into: their
-    layers are named ``outer/inner`` (Keras forbids ``/`` in a layer's own name, so the
-    names stay unique). For ``build_mlp`` the hidden layers are ``hidden_1 .. hidden_N``,
+    layers are named ``<nested model>/<layer>``, e.g. ``block/act`` (Keras forbids ``/`` in
+    a layer's own name, so the names stay unique). For ``build_mlp`` the hidden layers are ``hidden_1 .. hidden_N``,
     for ``build_cnn`` ``conv_1, conv_2, ..., hidden_1, ...``. Pass ``layers=[...]`` to
     choose others (pooling, the pre-activation ``Dense``, any named layer but the output).
 
