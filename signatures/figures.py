@@ -607,30 +607,41 @@ def separation_panel(table, *, separating=None, metrics=None, title="How well ea
     Parameters
     ----------
     table : list of dict
-        One per layer, in order, each with ``"layer"`` and numeric metric entries.
+        One per layer, in order, each with ``"layer"`` and numeric metric entries. A row
+        with ``"kind": "input"`` (the raw input, :func:`signatures.separation.input_separation`)
+        is drawn first, shaded and labelled as the reference, not as a hidden layer.
     separating : str, optional
-        Layer to mark.
+        Hidden layer to mark.
     metrics : dict, optional
-        key -> label of the metrics to draw (default: every numeric key of the first row).
+        key -> label of the metrics to draw (default: every numeric key of the first
+        hidden layer's row, except ``k``).
     """
     table = list(table)
     if not table:
         return _empty(title, "No layers", height=380)
+    inputs = [i for i, r in enumerate(table) if r.get("kind") == "input"]
     layers = [str(r["layer"]) for r in table]
+    hidden = [layers[i] for i in range(len(table)) if i not in inputs]
     if metrics is None:
-        metrics = {k: k.replace("_", " ") for k, v in table[0].items()
-                   if k != "layer" and isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+        first = next((r for r in table if r.get("kind") != "input"), table[0])
+        metrics = {k: k.replace("_", " ") for k, v in first.items()
+                   if k not in ("layer", "k") and isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
     fig = go.Figure()
     for key, label in metrics.items():
         fig.add_trace(go.Scatter(x=layers, y=[r.get(key) for r in table], mode="lines+markers", name=label,
                                  hovertemplate=f"{label}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    for i in inputs:
+        what = table[i].get("representation")
+        fig.add_vrect(x0=i - 0.4, x1=i + 0.4, fillcolor="#999999", opacity=0.15, line_width=0)
+        fig.add_annotation(x=layers[i], y=1.0, yref="paper", text="raw input (reference)", showarrow=False,
+                           yanchor="bottom", font=dict(color="#555555"), hovertext=what)
     if separating is not None:
-        if separating not in layers:
-            raise ValueError(f"separating layer must be one of {layers}, got {separating!r}")
+        if separating not in hidden:
+            raise ValueError(f"separating layer must be one of the hidden layers {hidden}, got {separating!r}")
         fig.add_vline(x=layers.index(separating), line=dict(color="#b35900", dash="dash"))
         fig.add_annotation(x=separating, y=1.0, yref="paper", text="classes separate here", showarrow=False,
                            yanchor="bottom", font=dict(color="#b35900"))
-    fig.update_xaxes(type="category", title="layer")
+    fig.update_xaxes(type="category", title="layer (the input first, for reference)" if inputs else "layer")
     fig.update_yaxes(title="score")
     return _layout(fig, title, height=400, showlegend=True)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__
 from . import figures as _fig
+from .analysis import format_share
 from .paths import path_label
 from .store import write_file_atomic
 
@@ -183,8 +184,9 @@ def _accuracy(exp, page):
     m = exp.metrics
     parts = ['<h2 id="accuracy">Accuracy</h2>']
     if "accuracy" in m:
-        train = f" · training {m['train_accuracy']:.2%}" if "train_accuracy" in m else ""
-        parts.append(f'<p class="score">{m["accuracy"]:.2%} <small>held-out accuracy{_e(train)}</small></p>')
+        train = f" · training {format_share(m['train_accuracy'])}" if "train_accuracy" in m else ""
+        parts.append(f'<p class="score">{_e(format_share(m["accuracy"]))} '
+                     f"<small>held-out accuracy{_e(train)}</small></p>")
     labels = [exp.class_names[c] for c in exp.classes]
     confusion = (page.figure(_fig.confusion_matrix(m["confusion"], labels, title="Confusion matrix (held-out)"),
                              "confusion", caption="Rows: true class; columns: predicted class.")
@@ -247,7 +249,7 @@ def _paths_table(exp, max_paths):
         label = path_label(r["path"], exp.layers, class_names=exp.class_names)
         rows.append(f'<tr><td>{i}</td><td class="path">{_e(label)}</td><td>{r["total"]}</td>{"".join(cells)}</tr>')
     summary = (f"{len(counts)} distinct paths (layer clusters and predicted class) over {exp.n_rows} inputs; "
-               f"the {len(top)} most common below cover {covered / max(exp.n_rows, 1):.1%} of them.")
+               f"the {len(top)} most common below cover {format_share(covered / max(exp.n_rows, 1))} of them.")
     return (
         f"<h3>Most common paths</h3><p>{_e(summary)}</p>"
         '<table class="paths"><thead><tr><th>#</th><th class="path">path</th><th>inputs</th>'
@@ -312,15 +314,34 @@ def _table(header, rows):
     return f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _separation_table(sep):
+    """The separation measures per layer as a table, the raw input's row first and marked."""
+    rows = []
+    for r in sep["table"]:
+        if r.get("kind") == "input":
+            name = f"input (reference: {r.get('representation', 'raw input')})"
+        else:
+            name = r["layer"] + (" (classes separate here)" if r["layer"] == sep.get("first_layer") else "")
+        rows.append([name] + [("n/a" if r.get(k) is None else f"{r[k]:.3f}")
+                              for k in ("label_silhouette", "nmi", "ari", "purity")]
+                    + [format_share(r.get("probe_accuracy")), "n/a" if r.get("cka_labels") is None
+                       else f"{r['cka_labels']:.3f}"])
+    return _table(["layer", "label silhouette", "NMI", "ARI", "cluster purity", "linear-probe accuracy",
+                   "CKA with the labels"], rows).replace('class="summary"', 'class="summary separation"', 1)
+
+
 def _questions(exp, page, analysis):
     names = exp.class_names
     parts = ['<h2 id="questions">The three questions</h2>', "<h3>1. Which neurons fire for which class</h3>"]
     for layer in exp.layers:
         s = analysis["neurons"][layer]
+        status = s.get("status", "ok")
         parts.append(page.figure(
             _fig.neuron_heatmap(s["means"], s["class_names"], order=s["order"], dead=s["dead"],
                                 title=f"{layer}: mean activation per neuron and class"),
             "neurons", layer=layer,
+            note=(f"This layer is {status}: nothing about the input passes through it, so it has no signature "
+                  "neurons." if status != "ok" else None),
             caption=f"{s['n_dead']} of {len(s['active_fraction'])} neurons never fire; neurons grouped by the "
                     "class they prefer, most selective first."))
         rows = []
@@ -332,10 +353,10 @@ def _questions(exp, page, analysis):
     sig = analysis["signatures"]
     parts.append("<h3>2. Does each class leave a characteristic signature</h3>")
     parts.append(_table(["class", "inputs", "paths", "dominant path share", "path entropy (bits)"], [
-        [names[int(c)], i["n"], i["n_paths"], f"{i['dominant_share']:.1%}", f"{i['entropy']:.2f}"]
+        [names[int(c)], i["n"], i["n_paths"], format_share(i["dominant_share"]), f"{i['entropy']:.2f}"]
         for c, i in sig["classes"].items()]))
-    parts.append(f"<p>Paths are {sig['overall_purity']:.1%} pure (share of inputs whose path's majority class is "
-                 "their own).</p>")
+    parts.append(f"<p>Paths are {_e(format_share(sig['overall_purity']))} pure (share of inputs whose path's "
+                 "majority class is their own).</p>")
     cross = sig["crossovers"]["rows"][:30]
     if cross:
         titles = [f"{names[exp.labels[r]]} on {names[int(c)]}'s path"
@@ -354,6 +375,7 @@ def _questions(exp, page, analysis):
     sep = analysis["separation"]
     parts.append("<h3>3. From which layer do the classes separate</h3>")
     parts.append(f"<p>{_e(sep['reason'])}</p>")
+    parts.append(_separation_table(sep))
     parts.append('<div class="row even"><div>'
                  + page.figure(_fig.separation_panel(sep["table"], separating=sep["first_layer"]), "separation")
                  + "</div><div>"
@@ -364,18 +386,23 @@ def _questions(exp, page, analysis):
     if anomaly and anomaly.get("auroc"):
         parts.append("<h3>Unseen inputs, calibrated</h3>")
         au = anomaly["auroc"]["auroc"]
+        focus = anomaly.get("unseen_set") or list(exp.unseen)
+        unseen = "unseen " + ", ".join(str(names[int(c)]) for c in focus)
+        trained = ", ".join(str(names[int(c)]) for c in exp.classes)
         exits = {names[int(c)]: e["shares"] for c, e in anomaly["exit_summary"]["unseen"].items()}
         counts = {k: {(None if layer == "never" else layer): v for layer, v in shares.items()}
                   for k, shares in exits.items()}
         parts.append('<div class="row even"><div>'
                      + page.figure(_fig.auroc_bars({"distance p-value": au["pvalue"], "path rarity": au["path_rarity"],
-                                                    "max softmax (baseline)": au["msp"]}), "anomaly-auroc")
+                                                    "max softmax (baseline)": au["msp"]},
+                                                   title=f"Telling {unseen} from held-out {trained} (AUROC)"),
+                                   "anomaly-auroc")
                      + "</div><div>"
                      + page.figure(_fig.exit_layers(counts, exp.layers,
                                                     title="Share of each unseen class first leaving the known "
                                                           "clusters at each layer"), "exit-layers")
                      + "</div></div>")
-        calib = ", ".join(f"{layer} {v:.1%}" for layer, v in anomaly["calibration"].items())
+        calib = ", ".join(f"{layer} {format_share(v)}" for layer, v in anomaly["calibration"].items())
         parts.append(f"<p>Calibration: share of held-out trained inputs with p &lt; {analysis['alpha']} per layer "
                      f"(near {analysis['alpha']:.0%} when calibrated): {_e(calib)}.</p>")
     return "\n".join(parts)

@@ -396,7 +396,7 @@ def input_representation(exp, *, n_components=INPUT_COMPONENTS, random_state=0):
         Pixels scaled to [0, 1] (images of dtype uint8 are divided by 255), or their
         PCA components.
     description : str
-        What ``X`` is, in words, e.g. ``"pixels (PCA to 50 components of 784)"``.
+        What ``X`` is, in words, e.g. ``"pixels, PCA to 50 of 784 components, 93% of their variance"``.
     """
     n_components = _check_components(n_components)
     images = getattr(exp, "images", None)
@@ -415,14 +415,14 @@ def input_representation(exp, *, n_components=INPUT_COMPONENTS, random_state=0):
         fit = _known_rows(exp, None)
     keep = min(n_components, n_pixels, len(fit))
     if keep >= n_pixels or np.ptp(X[fit], axis=0).max() == 0.0:
-        return X, f"pixels ({n_pixels} features)"
+        return X, f"pixels, {n_pixels} features"
     from sklearn.decomposition import PCA
 
     with threadpool_limits(limits=1):
         pca = PCA(n_components=keep, svd_solver="full", random_state=random_state).fit(X[fit])
         X = pca.transform(X)
     kept = float(np.sum(pca.explained_variance_ratio_))
-    return X, f"pixels (PCA to {keep} components of {n_pixels}, {kept:.0%} of their variance)"
+    return X, f"pixels, PCA to {keep} of {n_pixels} components, {kept:.0%} of their variance"
 
 
 def input_separation(exp, *, rows=None, sample_size=2000, cv=5, random_state=0, n_components=INPUT_COMPONENTS):

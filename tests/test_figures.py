@@ -326,6 +326,23 @@ def test_separation_panel_one_line_per_metric_and_marks_the_layer():
         figures.separation_panel(table, separating="h3")
 
 
+def test_separation_panel_draws_the_input_first_as_a_reference():
+    table = [{"layer": "input", "kind": "input", "representation": "pixels, 16 features", "nmi": 0.77,
+              "probe": 0.989, "k": 2},
+             {"layer": "h1", "kind": "hidden", "nmi": 0.88, "probe": 0.998},
+             {"layer": "h2", "kind": "hidden", "nmi": 0.95, "probe": 1.0}]
+    fig = figures.separation_panel(table, separating="h1")
+    assert [t.name for t in fig.data] == ["nmi", "probe"]  # k and strings are not metrics
+    assert list(fig.data[0].x) == ["input", "h1", "h2"] and list(fig.data[0].y) == [0.77, 0.88, 0.95]
+    shaded = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert len(shaded) == 1 and shaded[0].x0 == -0.4 and shaded[0].x1 == 0.4
+    texts = {a.text: a.x for a in fig.layout.annotations}
+    assert texts["raw input (reference)"] == "input" and texts["classes separate here"] == "h1"
+    assert "input first" in fig.layout.xaxis.title.text
+    with pytest.raises(ValueError, match=r"one of the hidden layers \['h1', 'h2'\], got 'input'"):
+        figures.separation_panel(table, separating="input")
+
+
 def test_cka_heatmap_and_auroc_bars_and_exit_layers():
     fig = figures.cka_heatmap([[1, 0.5], [0.5, 1]], ["a", "b"])
     assert np.asarray(fig.data[0].z).tolist() == [[1, 0.5], [0.5, 1]]

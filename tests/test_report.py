@@ -311,3 +311,51 @@ def test_report_of_a_real_stored_experiment(small_experiment, tmp_path):
         shown = [int(s["cluster"]) for s in _kinds(page, "cluster-images") if s["layer"] == layer]
         assert len(shown) == min(3, np.count_nonzero(sizes))
         assert [sizes[c] for c in shown] == sorted(sizes, reverse=True)[:len(shown)]
+
+
+# --------------------------------------------------------------------------- findings-consistent numbers
+
+
+@pytest.fixture(scope="module")
+def analysis(exp):
+    from signatures.analysis import analyze
+
+    return analyze(exp, stability=False)
+
+
+def test_report_separation_table_and_figure_start_with_the_raw_input(exp, analysis):
+    text = render_report(exp, max_clusters=1, analysis=analysis)
+    table = text[text.index('<table class="summary separation">'):]
+    table = table[:table.index("</table>")]
+    rows = table.split("<tr>")[2:]  # after the header
+    assert len(rows) == 1 + len(exp.layers)
+    assert rows[0].startswith("<td>input (reference: pixels, PCA to 40 of 64 components, ")
+    first = analysis["separation"]["first_layer"]
+    assert [r.split("</td>")[0][4:] for r in rows[1:]] == [
+        layer + (" (classes separate here)" if layer == first else "") for layer in exp.layers]
+    (sep,) = _kinds(_parse(text), "separation")
+    assert sep["figures"][0]["data"][0]["x"] == ["input", *exp.layers]
+    assert "raw input (reference)" in [a["text"] for a in sep["figures"][0]["layout"]["annotations"]]
+
+
+def test_report_prints_shares_with_the_findings_formatter(exp, analysis):
+    changed = json.loads(json.dumps(analysis))
+    changed["signatures"]["classes"]["1"]["dominant_share"] = 0.9996
+    changed["signatures"]["overall_purity"] = 0.997
+    text = render_report(exp, max_clusters=1, analysis=changed)
+    questions = text[text.index('id="questions"'):]
+    assert "<td>&gt;99.9%</td>" in questions and "Paths are 99.7% pure" in questions
+    assert "100.0%" not in questions
+    assert '<p class="score">80.0% <small>held-out accuracy · training 100.0%</small>' in text
+
+
+def test_report_names_the_unseen_set_of_the_auroc_and_marks_dead_layers():
+    dead = make_experiment(dead_layer=True)
+    dead.hidden["dead"] = np.zeros_like(dead.hidden["dead"])
+    page = _parse(render_report(dead, max_clusters=1))
+    (auroc,) = _kinds(page, "anomaly-auroc")
+    assert auroc["figures"][0]["layout"]["title"]["text"] == "Telling unseen 3 from held-out 1, 7 (AUROC)"
+    (neurons,) = [s for s in _kinds(page, "neurons") if s["layer"] == "dead"]
+    assert neurons["notes"][0].startswith("This layer is dead: nothing about the input passes through it, so it "
+                                          "has no signature neurons.")
+    assert all(s["notes"] == [] for s in _kinds(page, "neurons") if s["layer"] != "dead")

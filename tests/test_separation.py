@@ -274,12 +274,12 @@ def test_real_input_row_is_the_reference_and_never_the_separating_layer(small_ex
     table = separation_table(exp, include_input=True)
     assert [r["layer"] for r in table] == [INPUT_LAYER, *exp.layers]
     row = table[0]
-    assert row["kind"] == "input" and "PCA to 50 components of 784" in row["representation"]
+    assert row["kind"] == "input" and "PCA to 50 of 784 components" in row["representation"]
     assert row["probe_accuracy"] > 0.9  # 1 vs 7 is linearly readable from the pixels already
     assert table[1:] == separation_table(exp)
     layer, reason = first_separating_layer(table)
     assert layer == first_separating_layer(table[1:])[0] and layer != INPUT_LAYER
-    assert "For reference, the input itself (pixels (PCA to 50" in reason
+    assert "For reference, the input itself (pixels, PCA to 50 of 784" in reason
     assert f"NMI of clusters and classes {row['nmi']:.3f}" in reason
     assert input_separation(exp) == row  # seeded: same numbers again
 
@@ -300,7 +300,7 @@ def test_input_row_of_images_that_show_the_class_exactly():
     images[exp.labels == 7, :, 2:] = 255
     row = input_separation(with_images(exp, images))
     assert row["layer"] == INPUT_LAYER and row["kind"] == "input"
-    assert row["representation"] == "pixels (16 features)"  # 16 pixels < 50: no PCA
+    assert row["representation"] == "pixels, 16 features"  # 16 pixels < 50: no PCA
     assert row["nmi"] == 1.0 and row["ari"] == 1.0 and row["purity"] == 1.0 and row["k"] == 2
     assert row["probe_accuracy"] == 1.0 and row["label_silhouette"] == pytest.approx(1.0)
     assert row["cka_labels"] == pytest.approx(1.0)
@@ -309,7 +309,7 @@ def test_input_row_of_images_that_show_the_class_exactly():
     table = separation_table(exp, include_input=True)
     layer, reason = first_separating_layer(table)
     assert layer == "h2"  # the rule picks among hidden layers even though the input meets it
-    assert reason.endswith("For reference, the input itself (pixels (16 features)) has NMI of clusters and classes "
+    assert reason.endswith("For reference, the input itself (pixels, 16 features) has NMI of clusters and classes "
                            "1.000, linear-probe accuracy 1.000: it already meets the rule.")
 
 
@@ -327,7 +327,7 @@ def test_input_pca_is_fitted_on_training_rows_and_seeded(rng):
     exp = network_case("noise")
     images = rng.integers(0, 256, size=(exp.n_rows, 10, 10)).astype(np.uint8)
     X, what = input_representation(with_images(exp, images), n_components=7)
-    assert X.shape == (exp.n_rows, 7) and what.startswith("pixels (PCA to 7 components of 100, ")
+    assert X.shape == (exp.n_rows, 7) and what.startswith("pixels, PCA to 7 of 100 components, ")
     train = exp.split == 0
     np.testing.assert_allclose(X[train].mean(axis=0), 0.0, atol=1e-12)  # centred on the training rows
     np.testing.assert_array_equal(input_representation(exp, n_components=7)[0], X)
