@@ -219,3 +219,16 @@ def test_list_names_damaged_experiments_beside_good_ones(run_dir, tmp_path, caps
     assert lines[0].startswith("good ") and "accuracy" in lines[0]
     assert lines[1].startswith("bad ") and "damaged:" in lines[1]
     assert good.is_dir()
+
+
+def test_canonical_keeps_a_stored_experiment_and_names_a_damaged_one(run_dir, tmp_path, capsys):
+    store = tmp_path / "store"
+    store.mkdir()
+    _damaged_copy(run_dir, store, "1v7-mlp")
+    assert main(["canonical", "--store", str(store), "--only", "1v7-mlp", "--quiet"]) == 0
+    assert capsys.readouterr().out.split() == ["1v7-mlp", "kept"]
+    _tamper_zip(store / "1v7-mlp")
+    (store / "1v7-mlp" / "arrays.npz").write_bytes(b"short")
+    assert main(["canonical", "--store", str(store), "--only", "1v7-mlp", "--quiet"]) == 2
+    out = capsys.readouterr().out
+    assert "not built:" in out and "is a damaged experiment" in out and "rebuild it with --overwrite" in out
