@@ -44,6 +44,7 @@ NEURON_AUROC_MARGIN = 0.1
 #: Keys (and their types) a cached ``analysis.json`` must have to be used.
 _CACHE_KEYS = {"version": int, "layers": list, "neurons": dict, "signatures": dict, "confidence": dict,
                "separation": dict, "findings": list, "alpha": (int, float)}
+_NEURON_KEYS = ("means", "order", "dead", "n_dead", "active_fraction", "signatures", "class_names", "status")
 
 
 def format_share(share, *, decimals=1):
@@ -484,6 +485,10 @@ def _usable_cache(cached, exp):
     if cached["version"] != _VERSION or cached["layers"] != list(exp.layers):
         return False
     if set(cached["neurons"]) != set(exp.layers) or not all(isinstance(s, str) for s in cached["findings"]):
+        return False
+    if not all(isinstance(n, dict) and all(k in n for k in _NEURON_KEYS) for n in cached["neurons"].values()):
+        return False
+    if not all(k in cached["signatures"] for k in ("classes", "overall_purity", "crossovers")):
         return False
     sep = cached["separation"]
     return (isinstance(sep.get("table"), list) and all(isinstance(r, dict) for r in sep["table"])

@@ -325,6 +325,7 @@ def stored(small_experiment, tmp_path_factory):
     "version 1",
     "other layers",
     "findings of the wrong type",
+    "a layer's neurons missing",
 ])
 def test_a_damaged_cache_is_treated_as_absent_and_rewritten(small_experiment, stored, damage):
     folder, fresh = stored
@@ -336,6 +337,10 @@ def test_a_damaged_cache_is_treated_as_absent_and_rewritten(small_experiment, st
         data = json.dumps({**json.loads(good), "version": 1}).encode()
     elif damage == "other layers":
         data = json.dumps({**json.loads(good), "layers": ["a", "b"]}).encode()
+    elif damage == "a layer's neurons missing":
+        cached = json.loads(good)
+        cached["neurons"][small_experiment.layers[0]] = {}
+        data = json.dumps(cached).encode()
     elif damage == "findings of the wrong type":
         data = json.dumps({**json.loads(good), "findings": [1, 2]}).encode()
     else:
