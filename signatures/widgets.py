@@ -294,6 +294,7 @@ class ExperimentView:
         self._widget = W.VBox([
             header,
             findings,
+            self.message,
             W.HBox([W.Box([b["confusion"]], layout=W.Layout(width="50%")),
                     W.Box([b["training"]], layout=W.Layout(width="50%"))]),
             W.HTML("<h3>Cluster paths</h3><p>Inputs flow from each layer's clusters to the predicted class; "
@@ -307,7 +308,6 @@ class ExperimentView:
             W.HTML("<h3>Inputs behind a cluster or path</h3>"),
             self.selection,
             b["images"],
-            self.message,
         ], layout=W.Layout(width="100%"))
         for view in self.VIEWS:
             self._show(view)
