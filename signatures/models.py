@@ -104,8 +104,8 @@ def build_cnn(
     -------
     keras.Sequential, compiled.
     """
-    filters = parse_hidden(filters)
-    dense = parse_hidden(dense) if len(dense) else ()
+    filters = parse_hidden(filters, what="conv filters")
+    dense = parse_hidden(dense, what="dense sizes") if len(dense) else ()
     _check_activation(activation)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {tuple(input_shape)}")

@@ -141,7 +141,7 @@ def test_report_states_a_separating_layer_and_a_path_purity(run_dir):
     findings = text[text.index('id="findings"'):text.index('id="accuracy"')]
     layer = re.search(r"separate from layer (hidden_\d)", findings)
     assert layer and layer.group(1) in ("hidden_1", "hidden_2")
-    purity = re.search(r"paths are (\d+\.\d)% pure", findings)
+    purity = re.search(r"paths are >?(\d+\.\d)% pure", findings)
     assert purity and 50.0 <= float(purity.group(1)) <= 100.0
     stored = json.loads((run_dir / "analysis.json").read_text())
     assert stored["separation"]["first_layer"] == layer.group(1)
