@@ -987,9 +987,13 @@ class LayersApp:
         an = a.get("anomaly")
         if an and an.get("auroc"):
             au = an["auroc"]["auroc"]
+            focus = an.get("unseen_set") or list(exp.unseen)
+            unseen = ", ".join(str(exp.class_names[int(c)]) for c in focus)
+            trained = ", ".join(str(exp.class_names[int(c)]) for c in exp.classes)
             self.boxes["auroc"].show(F.auroc_bars(
                 {"distance p-value": au["pvalue"], "path rarity": au["path_rarity"],
-                 "max softmax (baseline)": au["msp"]}))
+                 "max softmax (baseline)": au["msp"]},
+                title=f"Telling unseen {unseen} from held-out {trained} (AUROC)"))
             counts = {exp.class_names[int(c)]: {(None if k == "never" else k): v for k, v in e["shares"].items()}
                       for c, e in an["exit_summary"]["unseen"].items()}
             self.boxes["exits"].show(F.exit_layers(counts, exp.layers))
@@ -1084,6 +1088,8 @@ class LayersApp:
 
 def _crossover_grid(exp, analysis, *, limit=30):
     """Image grid of the inputs that take another class's dominant path."""
+    from .analysis import format_share
+
     cross = analysis["signatures"]["crossovers"]
     rows, towards = cross["rows"][:limit], cross["dominant_class"][:limit]
     names = exp.class_names
@@ -1091,7 +1097,7 @@ def _crossover_grid(exp, analysis, *, limit=30):
     return F.image_grid(exp.images[rows] if rows else np.zeros((0, *exp.images.shape[1:]), dtype=np.uint8),
                         titles=titles, ncols=10,
                         title=f"Inputs on another class's dominant path: {len(cross['rows'])} "
-                              f"({analysis['signatures']['overall_purity']:.1%} of paths are pure)")
+                              f"({format_share(analysis['signatures']['overall_purity'])} of paths are pure)")
 
 
 def _findings_html(analysis):
