@@ -28,7 +28,7 @@ def main(argv=None):
     start = time.perf_counter()
     from signatures.analysis import analyze
     from signatures.store import list_experiments, load_experiment
-    from signatures.widgets import LayersApp
+    from signatures.app import LayersApp
     print(f"imports {time.perf_counter() - start:.2f} s (numpy, scikit-learn, scipy; no TensorFlow)")
 
     manifests = list_experiments(args.store)

@@ -119,7 +119,7 @@ BUILDER_DONE_JS = """() => {
     && drawn.some((d) => ((d.querySelector('.gtitle') || {}).textContent || '').startsWith('UMAP of'));
 }"""
 
-#: Which plots a control change redraws (signatures.widgets.ExperimentView).
+#: Which plots a control change redraws (signatures.app.view.ExperimentView).
 REDRAWS = {"layer": 2, "color_by": 1, "selection": 1, "inserted": 3}
 
 
@@ -305,7 +305,7 @@ def gallery_bench(store, quick=False):
     res = {"in_kernel": "ipykernel.kernelapp" in sys.modules}
     res["rss_start_mb"] = rss_mb()
     t = time.perf_counter()
-    from signatures.widgets import ExperimentView, build_gallery
+    from signatures.app import ExperimentView, build_gallery
 
     res["import_s"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
@@ -402,7 +402,7 @@ def builder_worker(data_dir, n_per_class="", epochs="5"):
     store = Path(tempfile.mkdtemp(prefix="bench-site-builder-"))
     try:
         t = time.perf_counter()
-        from signatures.widgets import BuilderApp
+        from signatures.app import BuilderApp
 
         res["import_s"] = round(time.perf_counter() - t, 2)
         app = BuilderApp(store, data_dir=data_dir)
@@ -1151,7 +1151,7 @@ def capacity(r):
     out["gallery_visitors_with_builder"] = int(
         (free - out["layers_kernel_mb"] - 2 * out["builder_kernel_mb"]) // out["gallery_kernel_mb"]) - gallery_pool
     out["note"] = ("concurrent visitors: the kernel of a closed page is culled after 10 minutes idle "
-                   "(signatures.site); Voila's own shutdown beacon is refused (403, no _xsrf cookie)")
+                   "(signatures.app.server); Voila's own shutdown beacon is refused (403, no _xsrf cookie)")
     return out
 
 

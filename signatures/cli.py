@@ -260,7 +260,7 @@ def _cmd_serve(args):
         for message in problems:
             print(f"error: {message}", file=sys.stderr)
         return 2
-    from .site import serve
+    from .app.server import serve
 
     if not list_experiments(store):
         print(f"note: no stored experiments in {store}/ yet; build the canonical ones with "

@@ -34,7 +34,7 @@ __all__ = ["Plot", "PlotlyView", "PlotBox", "plot_renderer", "forced_renderer", 
 
 RENDERERS = ("widget", "mime")
 PLOTS_ENV = "SIGNATURES_PLOTS"
-#: Where the site serves plotly.js, below its base URL (see :mod:`signatures.site`).
+#: Where the site serves plotly.js, below its base URL (see :mod:`signatures.app.server`).
 PLOTLY_ROUTE = "signatures/static/plotly.min.js"
 _PLOTLY_MIME = "application/vnd.plotly.v1+json"
 DEFAULT_HEIGHT = 520

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
-from signatures import site
+from signatures.app import server as site
 from signatures.store import save_experiment
 
 HOSTILE = "<script>alert('x')</script>\"&"
@@ -210,7 +210,7 @@ def test_plotly_mime_extension_stays_when_the_site_draws_mime(monkeypatch):
 
 
 def test_site_imports_no_tensorflow_or_umap():
-    code = ("import sys, signatures.site;"
+    code = ("import sys, signatures.app.server;"
             "print([m for m in ('tensorflow', 'keras', 'umap', 'numba') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -236,7 +236,7 @@ def _get(url, timeout=60):
 def server(store, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    code = f"from signatures.site import serve; serve(port={port}, store={str(store)!r}, pool_size=0)"
+    code = f"from signatures.app.server import serve; serve(port={port}, store={str(store)!r}, pool_size=0)"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

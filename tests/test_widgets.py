@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from signatures.store import list_experiments, save_experiment
-from signatures.widgets import BuilderApp, ExperimentView, GalleryApp
+from signatures.app import BuilderApp, ExperimentView, GalleryApp
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_changing_a_control_clears_its_old_message(store):
 
 def test_store_root_defaults_to_the_one_default_store(monkeypatch, tmp_path):
     from signatures.store import default_store
-    from signatures.widgets import store_root
+    from signatures.app import store_root
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.delenv("SIGNATURES_STORE", raising=False)
@@ -209,7 +209,7 @@ def test_gallery_empty_store_says_how_to_fill_it(tmp_path):
 
 def test_gallery_needs_no_tensorflow_or_umap(store):
     code = (
-        "import sys; from signatures.widgets import build_gallery;"
+        "import sys; from signatures.app import build_gallery;"
         f"app = build_gallery({str(store)!r}, preload=True); v = app.select('small');"
         "v.layer.value = v.exp.layers[-1]; v.color_by.value = 'predicted'; v.inserted.value = ();"
         "import json; print(json.dumps(sorted(m for m in ('tensorflow', 'keras', 'umap', 'numba') if m in sys.modules)))"
@@ -226,7 +226,7 @@ def test_every_shown_figure_has_a_height(store):
 
 
 def test_layers_app_answers_for_a_stored_experiment(store):
-    from signatures.widgets import LayersApp
+    from signatures.app import LayersApp
 
     app = LayersApp(store)
     analysis = app.select_from_query("experiment=small")
@@ -254,7 +254,7 @@ def test_gallery_opens_with_the_findings_and_anomaly_auroc(store):
 
 
 def test_layers_app_shows_the_inputs_on_another_class_path(store):
-    from signatures.widgets import LayersApp
+    from signatures.app import LayersApp
 
     app = LayersApp(store)
     app.select("small")
@@ -265,7 +265,7 @@ def test_layers_app_shows_the_inputs_on_another_class_path(store):
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux's")
 def test_background_work_runs_at_lower_priority_than_the_kernel():
-    from signatures.widgets import _low_priority_thread
+    from signatures.app.common import _low_priority_thread
 
     seen = {}
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -277,7 +277,7 @@ def test_background_work_runs_at_lower_priority_than_the_kernel():
 
 
 def test_preheated_gallery_preloads_in_the_background_and_a_request_is_served_meanwhile(store, monkeypatch):
-    from signatures import widgets
+    from signatures import app as widgets
 
     monkeypatch.setenv("VOILA_PREHEAT", "True")
     started, release = threading.Event(), threading.Event()
@@ -301,7 +301,7 @@ def test_preheated_gallery_preloads_in_the_background_and_a_request_is_served_me
 
 
 def test_preheated_builder_warms_up_in_the_background_and_a_run_waits_for_it(store, monkeypatch):
-    from signatures import widgets
+    from signatures import app as widgets
 
     monkeypatch.setenv("VOILA_PREHEAT", "True")
     done = threading.Event()
@@ -407,7 +407,7 @@ def test_gallery_shows_a_damaged_experiment_error_and_stays_usable(damaged_store
 
 @pytest.mark.parametrize("name", list(DAMAGES))
 def test_layers_page_shows_a_damaged_experiment_error_and_stays_usable(damaged_store, name):
-    from signatures.widgets import LayersApp
+    from signatures.app import LayersApp
 
     app = LayersApp(damaged_store)
     repair = damage(damaged_store, name)

@@ -57,17 +57,20 @@ class JobFailed(RuntimeError):
 # On the worker
 # ---------------------------------------------------------------------------------------
 
-_WARM = threading.Event()
+#: Held by the warm-up for its whole run: a job takes it before its own imports, because
+#: importing numpy, scikit-learn and TensorFlow from two threads at once can break them.
+_WARMING = threading.Lock()
 
 
 def _warm_up():
+    """Runs in its own thread, holding :data:`_WARMING`, which :meth:`WarmUp.setup` took."""
     try:
         from .. import models  # noqa: F401  (TensorFlow, once per worker process)
         from ..projection import warm_up
 
         warm_up()
     finally:
-        _WARM.set()
+        _WARMING.release()
 
 
 def _worker_plugin_base():
@@ -87,7 +90,8 @@ class WarmUp(_worker_plugin_base()):
     idempotent = True
 
     def setup(self, worker):
-        threading.Thread(target=_warm_up, name="signatures-warm-up", daemon=True).start()
+        if _WARMING.acquire(blocking=False):  # taken here, so that no job can start its imports first
+            threading.Thread(target=_warm_up, name="signatures-warm-up", daemon=True).start()
 
 
 def run_job(config_dict, store, *, job_id, overwrite=False):
@@ -99,6 +103,8 @@ def run_job(config_dict, store, *, job_id, overwrite=False):
     """
     from distributed import Event, get_worker
 
+    with _WARMING:  # waits for a warm-up still under way
+        pass
     from ..analysis import load_or_analyze
     from ..experiment import ExperimentConfig, run_experiment
     from ..report import write_report

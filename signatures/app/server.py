@@ -34,8 +34,8 @@ from tornado import web
 from traitlets import Unicode, default
 from voila.app import Voila
 
-from .plotview import PLOTLY_ROUTE, forced_renderer, plotly_js_path
-from .store import scan_store
+from ..plotview import PLOTLY_ROUTE, forced_renderer, plotly_js_path
+from ..store import scan_store
 
 __all__ = [
     "template_root",
@@ -53,7 +53,7 @@ DATA_DIR_ENV = "SIGNATURES_DATA_DIR"
 #: Tag of notebook cells that run in Jupyter but never in the served app.
 SKIP_TAG = "skip-voila"
 
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]
 
 _DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "digits": "scikit-learn digits (8×8)"}
 

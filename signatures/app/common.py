@@ -1,0 +1,119 @@
+"""Helpers shared by the apps: the store they read, error messages, threads, query strings."""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+from pathlib import Path
+
+from ..data import DataUnavailableError
+from ..store import default_store
+
+
+_ERROR_STYLE = "color:#b00020;font-size:13px;margin:2px 0 6px 0"
+
+_log = logging.getLogger(__name__)
+
+#: What to do about a stored experiment that cannot be shown.
+_DAMAGED_TODO = ("Its files may be damaged or from another version: build it again (the Builder page, or "
+                 "python -m signatures run ... --out {folder}) or remove the folder {folder}. "
+                 "The other experiments can still be chosen.")
+
+
+def store_root(store=None):
+    """The store folder: ``store``, else :func:`signatures.store.default_store` (``$SIGNATURES_STORE``,
+    else ``runs/`` at the checkout's root, the folder the CLI writes to)."""
+    return Path(store).expanduser().resolve() if store else default_store()
+
+
+def _error_html(message):
+    return f'<div class="sig-error" style="{_ERROR_STYLE}">{html.escape(message)}</div>' if message else ""
+
+
+def _reason(exc):
+    """``exc`` in words: the project's own errors carry their message; others are named by their type."""
+    text = str(exc).strip()
+    if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, DataUnavailableError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _failure_html(what, exc, todo):
+    """An error shown in the page at a UI callback's boundary: what went wrong, then what to do.
+
+    The traceback goes to this module's logger (debug level), never to the page.
+    """
+    _log.debug("%s", what, exc_info=exc)
+    return _error_html(f"{what}: {_reason(exc).rstrip('.')}. {todo}")
+
+
+def _damaged_todo(exc, folder):
+    """What to do about a stored experiment that cannot be shown. The store's own errors
+    (ValueError, FileNotFoundError) name the damaged file and the remedy already."""
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return "The other experiments can still be chosen."
+    return _DAMAGED_TODO.format(folder=folder)
+
+
+def _architecture(config):
+    c = config
+    if c.arch == "cnn":
+        dense = "-".join(map(str, c.hidden)) or "none"
+        return f"CNN filters {'-'.join(map(str, c.filters))}, dense {dense} ({c.activation})"
+    return f"MLP {'-'.join(map(str, c.hidden))} ({c.activation})"
+
+
+def _manifest_label(manifest):
+    """The picker's label of a stored experiment; a manifest with fields of the wrong kind still gets one."""
+    try:
+        return (f"{manifest['name']} · {manifest['config']['dataset']} · digits "
+                f"{', '.join(map(str, manifest['classes']))} · {float(manifest['metrics']['accuracy']):.1%}")
+    except (KeyError, TypeError, ValueError):
+        return f"{manifest['name']} · (its manifest is incomplete)"
+
+
+def _query_experiment(query=None):
+    """``NAME`` of ``?experiment=NAME``: from ``query``, else Voilà's request (waiting for it when the
+    kernel was preheated), else ``$QUERY_STRING``."""
+    from urllib.parse import parse_qs
+
+    if query is None:
+        try:
+            from voila.utils import get_query_string
+
+            query = get_query_string()
+        except ImportError:
+            query = os.environ.get("QUERY_STRING")
+    return parse_qs(query or "").get("experiment", [None])[0]
+
+
+def _preheating():
+    return os.environ.get("VOILA_PREHEAT") == "True"
+
+
+def _low_priority_thread(work, *, name, niceness=10):
+    """Start ``work()`` in a daemon thread whose CPU priority is lowered by ``niceness``.
+
+    On Linux a thread has its own niceness, so the rest of the kernel (the visitor's
+    requests, on the main thread) keeps its priority; elsewhere the thread runs at normal
+    priority.
+    """
+    def run():
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(niceness))
+        except (AttributeError, OSError):
+            pass  # not Linux, or not allowed
+        work()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _findings_html(analysis):
+    return ("<ul class='sig-findings'>" + "".join(f"<li>{html.escape(s)}</li>" for s in analysis["findings"])
+            + "</ul>")
+
+
