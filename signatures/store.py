@@ -9,6 +9,7 @@ Layout of an experiment folder::
     model.keras     the trained model (absent only if it could not be saved)
     report.html     the self-contained report, when one was written
     analysis.json   the answers to the three questions, when computed
+    plots.zip       the pages' figures, encoded once (see signatures.app.view)
 
 Nothing stored is lost or half-written:
 
@@ -77,7 +78,7 @@ MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 MODEL = "model.keras"
 #: Files a complete experiment folder may hold besides those its manifest lists.
-EXTRA_FILES = ("report.html", "analysis.json")
+EXTRA_FILES = ("report.html", "analysis.json", "plots.zip")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
