@@ -1,0 +1,372 @@
+"""Out-of-distribution detectors of the field, and the signature score, under one API.
+
+Every detector gives a *score* per input, larger = more anomalous (more likely an unseen
+class), so all of them are compared with the same metrics. Features are plain arrays: the
+network's output (probabilities or logits) or a layer's activations, one row per input.
+
+Baselines (the field's own methods)
+    ``msp``: one minus the maximum softmax probability (Hendrycks & Gimpel 2017).
+    ``maxlogit``: minus the largest logit (Hendrycks et al. 2022; Vaze et al. 2022).
+    ``energy``: the free energy ``-T logsumexp(logits / T)`` (Liu et al. 2020).
+    :class:`Mahalanobis`: the smallest Mahalanobis distance to a class mean, with one
+    covariance shared by the classes (tied), shrunk towards a scaled identity by the
+    Ledoit-Wolf formula (Lee et al. 2018, without input pre-processing), per layer.
+    :class:`KNN`: the distance to the k-th nearest training input after scaling every row to
+    unit length (Sun et al. 2022), per layer.
+    :class:`DkNN`: deep k-nearest neighbours (Papernot & McDaniel 2018): the number of
+    neighbours, summed over layers, whose label differs from a candidate label; calibrated
+    on held-out inputs; the score is one minus the credibility of the best label.
+
+The signature score (:class:`SignatureScore`) is built on what this tool is about, the
+clusters of every layer: an input's distance to its nearest cluster of a layer, measured
+with that cluster's own (Ledoit-Wolf shrunk) covariance, is turned into a conformal
+p-value against held-out inputs of the trained classes; the layers' p-values are combined
+by Fisher's statistic, and that statistic is calibrated once more against the held-out
+inputs, so the combined p-value is calibrated too: for an input drawn like the held-out
+ones, ``P(p <= alpha) <= alpha``.
+
+Metrics (:func:`detection_metrics`): AUROC, the false-positive rate at 95% true-positive
+rate, and the area under the precision-recall curve (unseen inputs are the positives).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+from sklearn.covariance import ledoit_wolf
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.neighbors import NearestNeighbors
+
+__all__ = [
+    "msp",
+    "max_logit",
+    "energy",
+    "Mahalanobis",
+    "KNN",
+    "DkNN",
+    "SignatureScore",
+    "conformal_pvalues",
+    "detection_metrics",
+    "fpr_at_tpr",
+]
+
+
+def _rows(X, what="features"):
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or len(X) == 0:
+        raise ValueError(f"{what} must be a non-empty array of shape (n_samples, n_features), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{what} hold NaN or infinite values")
+    return X
+
+
+def _positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Output-based scores
+# ---------------------------------------------------------------------------------------
+
+
+def msp(probs):
+    """``1 - max_j p_j`` per row; ``probs`` of shape (n_samples, n_classes)."""
+    probs = _rows(probs, "probabilities")
+    return 1.0 - probs.max(axis=1)
+
+
+def max_logit(logits):
+    """``-max_j z_j`` per row; ``logits`` of shape (n_samples, n_classes)."""
+    return -_rows(logits, "logits").max(axis=1)
+
+
+def energy(logits, *, temperature=1.0):
+    """Free energy ``-T logsumexp(z / T)`` per row (larger = more anomalous)."""
+    z = _rows(logits, "logits")
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    t = float(temperature)
+    m = z.max(axis=1, keepdims=True)
+    return -t * (np.log(np.exp((z - m) / t).sum(axis=1)) + m[:, 0] / t)
+
+
+# ---------------------------------------------------------------------------------------
+# Feature-based detectors (estimators: fit on training rows, score new rows)
+# ---------------------------------------------------------------------------------------
+
+
+def _shrunk_precision(centered):
+    """Precision matrix of Ledoit-Wolf shrunk covariance of already centered rows."""
+    cov, _ = ledoit_wolf(centered, assume_centered=True)
+    return np.linalg.pinv(cov, hermitian=True)
+
+
+class Mahalanobis:
+    """Smallest squared Mahalanobis distance to a class mean, tied shrunk covariance.
+
+    Parameters
+    ----------
+    shrinkage : {"ledoit-wolf"} or float in [0, 1]
+        Ledoit-Wolf's formula, or a fixed weight of the scaled identity.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    means_ : ndarray of shape (n_classes, n_features)
+    precision_ : ndarray of shape (n_features, n_features)
+    """
+
+    def __init__(self, *, shrinkage="ledoit-wolf"):
+        self.shrinkage = shrinkage
+
+    def fit(self, X, y):
+        X = _rows(X)
+        y = np.asarray(y)
+        if len(y) != len(X):
+            raise ValueError(f"labels must give one class per row: {len(y)} labels for {len(X)} rows")
+        self.classes_ = np.unique(y)
+        self.means_ = np.stack([X[y == c].mean(axis=0) for c in self.classes_])
+        centered = X - self.means_[np.searchsorted(self.classes_, y)]
+        if self.shrinkage == "ledoit-wolf":
+            self.precision_ = _shrunk_precision(centered)
+        else:
+            s = float(self.shrinkage)
+            if not 0.0 <= s <= 1.0:
+                raise ValueError(f"shrinkage must be 'ledoit-wolf' or a number from 0 to 1, got {self.shrinkage!r}")
+            cov = centered.T @ centered / len(X)
+            mu = np.trace(cov) / len(cov)
+            self.precision_ = np.linalg.pinv((1 - s) * cov + s * mu * np.eye(len(cov)), hermitian=True)
+        return self
+
+    def distances(self, X):
+        """Squared Mahalanobis distance of each row to each class mean, shape (n, n_classes)."""
+        X = _rows(X)
+        out = np.empty((len(X), len(self.means_)))
+        for j, mean in enumerate(self.means_):
+            d = X - mean
+            out[:, j] = np.einsum("ij,jk,ik->i", d, self.precision_, d)
+        return np.maximum(out, 0.0)
+
+    def score(self, X):
+        return self.distances(X).min(axis=1)
+
+
+class KNN:
+    """Distance to the k-th nearest training row, rows scaled to unit length.
+
+    Parameters
+    ----------
+    k : int
+        Which neighbour (Sun et al. use 50 with 50,000 training rows; a few per
+        thousand training rows works similarly).
+    normalize : bool
+        Scale every row to unit Euclidean length first (the method's key step).
+    """
+
+    def __init__(self, *, k=10, normalize=True):
+        self.k = k
+        self.normalize = normalize
+
+    def _prep(self, X):
+        X = _rows(X)
+        if self.normalize:
+            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        return X
+
+    def fit(self, X, y=None):
+        k = _positive_int(self.k, "k")
+        X = self._prep(X)
+        if k > len(X):
+            raise ValueError(f"k = {k} is larger than the {len(X)} training rows")
+        self.nn_ = NearestNeighbors(n_neighbors=k).fit(X)
+        return self
+
+    def score(self, X, *, exclude_self=False):
+        """k-th neighbour distance; ``exclude_self`` for rows that are themselves training rows."""
+        k = int(self.k) + (1 if exclude_self else 0)
+        dist, _ = self.nn_.kneighbors(self._prep(X), n_neighbors=k)
+        return dist[:, -1]
+
+
+class DkNN:
+    """Deep k-nearest neighbours nonconformity over several layers, calibrated.
+
+    Parameters
+    ----------
+    k : int
+        Neighbours per layer.
+
+    Notes
+    -----
+    ``fit(layers_train, y_train, layers_cal, y_cal)``: per layer a neighbour index of the
+    training rows; the calibration rows' nonconformity with their true label is the
+    reference. ``score`` returns ``1 - max_j p_j`` where ``p_j`` is the share of calibration
+    nonconformities at least as large as the input's nonconformity with label ``j``.
+    """
+
+    def __init__(self, *, k=10):
+        self.k = k
+
+    def _alpha(self, layers):
+        """Nonconformity with every class, shape (n, n_classes)."""
+        total = None
+        for name, nn in self.nn_.items():
+            _, idx = nn.kneighbors(_rows(layers[name]), n_neighbors=self.k_)
+            labels = self.y_[idx]  # (n, k)
+            counts = np.stack([(labels == c).sum(axis=1) for c in self.classes_], axis=1)
+            alpha = self.k_ - counts
+            total = alpha if total is None else total + alpha
+        return total
+
+    def fit(self, layers_train, y_train, layers_cal, y_cal):
+        self.k_ = _positive_int(self.k, "k")
+        self.y_ = np.asarray(y_train)
+        self.classes_ = np.unique(self.y_)
+        self.nn_ = OrderedDict((name, NearestNeighbors(n_neighbors=self.k_).fit(_rows(X)))
+                               for name, X in layers_train.items())
+        y_cal = np.asarray(y_cal)
+        alpha = self._alpha(layers_cal)
+        self.calibration_ = np.sort(alpha[np.arange(len(y_cal)), np.searchsorted(self.classes_, y_cal)])
+        return self
+
+    def score(self, layers):
+        alpha = self._alpha(layers)
+        n = len(self.calibration_)
+        # share of calibration nonconformities >= alpha (credibility of each label)
+        p = (n - np.searchsorted(self.calibration_, alpha, side="left")) / n
+        return 1.0 - p.max(axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Conformal p-values and the signature score
+# ---------------------------------------------------------------------------------------
+
+
+def conformal_pvalues(reference, scores, *, leave_one_out=False):
+    """``p = (1 + #{reference >= s}) / (1 + n)`` per score (larger score = more anomalous).
+
+    With ``leave_one_out`` the scores are the reference itself, each left out of its own
+    reference, so that held-out inputs get calibrated p-values too.
+    """
+    ref = np.sort(np.asarray(reference, dtype=np.float64))
+    s = np.asarray(scores, dtype=np.float64)
+    n = len(ref)
+    if n == 0:
+        raise ValueError("the reference holds no scores")
+    at_least = n - np.searchsorted(ref, s, side="left")
+    if leave_one_out:
+        if len(s) != n:
+            raise ValueError("leave_one_out needs the reference's own scores")
+        return at_least / n  # (1 + #others >= s) / (1 + (n - 1)), the input itself counted once
+    return (1.0 + at_least) / (1.0 + n)
+
+
+class SignatureScore:
+    """Per-cluster Mahalanobis distances of every layer, calibrated and combined.
+
+    Parameters
+    ----------
+    min_cluster : int
+        A cluster with fewer training rows than this uses the layer's pooled within-cluster
+        covariance instead of its own.
+    combine : {"fisher", "min"}
+        How the layers' p-values become one statistic before the final calibration.
+
+    Notes
+    -----
+    ``fit(layers_train, clusters_train, layers_cal)``: ``layers_*`` are ordered dicts
+    layer -> rows; ``clusters_train`` layer -> the cluster id of each training row (the
+    fitted k-means labels). ``layers_cal`` are held-out inputs of the trained classes: the
+    reference that makes every p-value calibrated. ``pvalues(layers)`` gives the combined
+    calibrated p-values; ``score`` is ``-log`` of them.
+    """
+
+    def __init__(self, *, min_cluster=10, combine="fisher"):
+        self.min_cluster = min_cluster
+        self.combine = combine
+
+    def _layer_distance(self, name, X):
+        means, precisions = self.clusters_[name]
+        X = _rows(X)
+        best = np.full(len(X), np.inf)
+        for mean, precision in zip(means, precisions):
+            d = X - mean
+            best = np.minimum(best, np.einsum("ij,jk,ik->i", d, precision, d))
+        return np.maximum(best, 0.0)
+
+    def _combine(self, p):
+        if self.combine == "fisher":
+            return -2.0 * np.log(p).sum(axis=1)
+        return -np.log(p.min(axis=1))
+
+    def fit(self, layers_train, clusters_train, layers_cal):
+        if self.combine not in ("fisher", "min"):
+            raise ValueError(f"combine must be 'fisher' or 'min', got {self.combine!r}")
+        minimum = _positive_int(self.min_cluster, "min_cluster")
+        self.layers_ = list(layers_train)
+        if not self.layers_:
+            raise ValueError("give at least one layer")
+        missing = [n for n in self.layers_ if n not in clusters_train or n not in layers_cal]
+        if missing:
+            raise ValueError(f"layers {missing} lack cluster labels or held-out rows")
+        self.clusters_ = OrderedDict()
+        for name in self.layers_:
+            X = _rows(layers_train[name], f"training rows of layer {name!r}")
+            labels = np.asarray(clusters_train[name])
+            ids = np.unique(labels)
+            means = np.stack([X[labels == c].mean(axis=0) for c in ids])
+            pooled = _shrunk_precision(X - means[np.searchsorted(ids, labels)])
+            precisions = [
+                _shrunk_precision(X[labels == c] - means[i]) if (labels == c).sum() >= minimum else pooled
+                for i, c in enumerate(ids)
+            ]
+            self.clusters_[name] = (means, precisions)
+        self.reference_ = OrderedDict((n, self._layer_distance(n, layers_cal[n])) for n in self.layers_)
+        p_cal = np.stack([conformal_pvalues(self.reference_[n], self.reference_[n], leave_one_out=True)
+                          for n in self.layers_], axis=1)
+        self.combined_reference_ = self._combine(p_cal)
+        return self
+
+    def layer_pvalues(self, layers):
+        """Calibrated p-value per layer, shape (n, n_layers)."""
+        return np.stack([conformal_pvalues(self.reference_[n], self._layer_distance(n, layers[n]))
+                         for n in self.layers_], axis=1)
+
+    def pvalues(self, layers, *, calibration=False):
+        """Combined calibrated p-values; ``calibration=True`` for the held-out rows themselves."""
+        if calibration:
+            p = np.stack([conformal_pvalues(self.reference_[n], self.reference_[n], leave_one_out=True)
+                          for n in self.layers_], axis=1)
+            return conformal_pvalues(self.combined_reference_, self._combine(p), leave_one_out=True)
+        return conformal_pvalues(self.combined_reference_, self._combine(self.layer_pvalues(layers)))
+
+    def score(self, layers, *, calibration=False):
+        return -np.log(self.pvalues(layers, calibration=calibration))
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------
+
+
+def fpr_at_tpr(scores, is_positive, *, tpr=0.95):
+    """False-positive rate at the first threshold reaching ``tpr`` of the positives."""
+    fpr, tprs, _ = roc_curve(np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64))
+    return float(fpr[np.searchsorted(tprs, tpr, side="left")])
+
+
+def detection_metrics(scores, is_positive):
+    """AUROC, FPR at 95% TPR and AUPR of one score (unseen inputs are the positives).
+
+    Returns None for each metric when only one kind of input is present.
+    """
+    y = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if len(y) != len(s):
+        raise ValueError(f"scores and labels differ in length: {len(s)} and {len(y)}")
+    if y.all() or not y.any():
+        return {"auroc": None, "fpr95": None, "aupr": None}
+    return {"auroc": float(roc_auc_score(y, s)), "fpr95": fpr_at_tpr(s, y), "aupr": float(average_precision_score(y, s))}
