@@ -6,7 +6,8 @@ Commands:
   self-contained ``report.html``);
 - ``report``: re-draw the report of a stored experiment, without TensorFlow;
 - ``list``: list the experiments in a store, and the damaged ones;
-- ``canonical``: build the original study's canonical experiments into a store;
+- ``canonical``: build the original study's canonical experiments into a store, as jobs on Dask;
+- ``sweep``: run a grid of experiments (sizes, epochs, seeds) as jobs, then a table of their answers;
 - ``serve``: serve the web site (landing page, Builder, Gallery, Layers and neurons).
 
 Every option is checked before any work starts (and before TensorFlow is imported). A bad
@@ -159,6 +160,13 @@ def _cmd_run(args):
 
     analysis = load_or_analyze(exp, out)
     report = write_report(exp, out / "report.html", analysis=analysis)
+    from .app.view import PLOTS_FILE, write_plots
+
+    try:  # the pages' figures, encoded once; a page rebuilds a missing file, so a failure only warns
+        write_plots(exp, out, analysis=analysis)
+    except OSError as exc:
+        print(f"warning: {out / PLOTS_FILE} could not be written ({exc.strerror or exc}); the site's pages "
+              "will build the figures themselves", file=sys.stderr)
     print(f"held-out accuracy {exp.metrics['accuracy']:.4f}")
     for sentence in analysis["findings"]:
         print(f"  - {sentence}")
@@ -231,14 +239,26 @@ def _cmd_list(args):
 
 
 def _cmd_canonical(args):
-    from .canonical import build_canonical
-    from .experiment import print_progress
+    from .canonical import JobsInterrupted, build_canonical, check_cluster_options
     from .store import default_store
+    from .sweep import print_event
 
+    problems = check_cluster_options(args.workers, args.scheduler,
+                                     words={"workers": "--workers", "scheduler": "--scheduler"})
+    for message in problems:
+        print(f"error: {message}", file=sys.stderr)
+    if problems:
+        return 2
     store = Path(args.store) if args.store is not None else default_store()
-    outcome = build_canonical(store, data_dir=str(args.data_dir) if args.data_dir else None,
-                              only=args.only, overwrite=args.overwrite,
-                              progress=None if args.quiet else print_progress)
+    try:
+        outcome = build_canonical(store, data_dir=str(args.data_dir) if args.data_dir else None,
+                                  only=args.only, overwrite=args.overwrite, workers=args.workers,
+                                  scheduler=args.scheduler, progress=None if args.quiet else print_event)
+    except JobsInterrupted as exc:
+        for name, what in exc.outcome.items():
+            print(f"{name:<32} {what}")
+        print("stopped: the unfinished jobs were cancelled; the others are stored", file=sys.stderr)
+        raise
     for name, what in outcome.items():
         print(f"{name:<32} {what}")
     return 0 if not any(w.startswith("not built") for w in outcome.values()) else 2
@@ -336,8 +356,17 @@ def build_parser():
     can.add_argument("--data-dir", type=str, help="IDX folder(s), separated by ':' (default: $SIGNATURES_DATA_DIR)")
     can.add_argument("--only", nargs="+", help="build only these names")
     can.add_argument("--overwrite", action="store_true", help="rebuild experiments already stored")
-    can.add_argument("--quiet", action="store_true")
+    can.add_argument("--workers", type=_number, default=None,
+                     help="experiments built at once on a local Dask cluster (default: half the cores, at least 1; "
+                          "each worker holds TensorFlow, about 1 GiB)")
+    can.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT) instead of a local "
+                                         "cluster; its workers must see the same --store folder")
+    can.add_argument("--quiet", action="store_true", help="no progress lines")
     can.set_defaults(func=_cmd_canonical)
+
+    from .sweep import add_sweep_command
+
+    add_sweep_command(sub)
 
     srv = sub.add_parser("serve", help="serve the web site (landing page, Builder, Gallery) with Voila",
                          description="Serve the web site with Voila.")

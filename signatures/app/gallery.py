@@ -13,7 +13,7 @@ from .common import (
     _damaged_todo, _error_html, _failure_html, _low_priority_thread, _manifest_label, _preheating,
     _query_experiment, _reason, store_root,
 )
-from .view import ExperimentView
+from .view import ExperimentView, _rebuild_in_background
 
 
 class GalleryApp:
@@ -32,6 +32,7 @@ class GalleryApp:
         self.renderer = renderer
         self._views = {}
         self.failed = {}
+        self._rebuilding = None
         self._not_selecting = threading.Event()
         self._not_selecting.set()
         self.picker = W.Dropdown(description="Experiment", layout=W.Layout(width="420px"))
@@ -60,10 +61,11 @@ class GalleryApp:
 
         folder = Path(self.manifests[name]["path"])
         exp = load_experiment(folder)
-        return ExperimentView(exp, analysis=load_or_analyze(exp, folder), renderer=self.renderer)
+        return ExperimentView(exp, analysis=load_or_analyze(exp, folder), renderer=self.renderer, folder=folder)
 
     def preload(self, names=None):
-        """Load experiments and build all their figures now."""
+        """Load experiments and read all their figures from ``plots.zip`` now (building and keeping those
+        of an experiment whose file is missing, damaged or stale)."""
         for name in names if names is not None else list(self.manifests):
             self._preload_one(name)
         return self
@@ -120,6 +122,12 @@ class GalleryApp:
                 self.picker.value = name
             self.body.children = (widget,)
             self.failed.pop(name, None)
+            preloading = getattr(self, "_preloading", None)
+            if view.stored_why and view.folder is not None and not (preloading and preloading.is_alive()):
+                # plots.zip could not be used and no preload will rewrite it: the rest is built and kept
+                # in the background, for the next kernels
+                self._rebuilding = _rebuild_in_background(
+                    view.exp, view.folder, view.analysis, view=view) or self._rebuilding
             return view
         except Exception as exc:  # the picker callback's outermost boundary: shown in the page
             self._views.pop(name, None)  # not kept: a repaired experiment is read again

@@ -10,9 +10,11 @@ import numpy as np
 
 from .. import figures as F
 from ..data import DataUnavailableError
-from ..plotview import PlotBox
+from ..plotview import Plot, PlotBox
 from ..store import list_experiments, load_experiment
-from .common import _damaged_todo, _error_html, _failure_html, _findings_html, _query_experiment, store_root
+from .common import (
+    _damaged_todo, _error_html, _failure_html, _findings_html, _low_priority_thread, _query_experiment, store_root,
+)
 
 
 class LayersApp:
@@ -37,6 +39,9 @@ class LayersApp:
         self.store = store_root(store)
         self.experiment = None
         self.analysis = None
+        self._stored = {}
+        self.stored_why = ""
+        self._rebuilding = None
         self.picker = W.Dropdown(description="Experiment", layout=W.Layout(width="420px"))
         self.message = W.HTML()
         self.findings = W.HTML()
@@ -133,35 +138,42 @@ class LayersApp:
 
     def _select(self, name, folder):
         from ..analysis import load_or_analyze
+        from .view import read_plots
 
         exp = load_experiment(folder)
         self.analysis = load_or_analyze(exp, folder)
+        stored, self.stored_why = read_plots(folder)
+        self._stored = {k: p for k, p in (stored or {}).items() if k[0] == "layers"}
         self.experiment = exp
         self._set(self.picker, value=name)
         a = self.analysis
         self.findings.value = "<h2 class='sig-title'>Findings</h2>" + _findings_html(a)
         sep = a["separation"]
         self.separation_reason.value = f"<p>{html.escape(sep['reason'])}</p>"
-        self.boxes["separation"].show(F.separation_panel(sep["table"], separating=sep["first_layer"]))
-        self.boxes["cka"].show(F.cka_heatmap(sep["cka"], exp.layers))
-        self.boxes["crossovers"].show(_crossover_grid(exp, a))
+        for view in ("separation", "cka", "crossovers"):
+            self.boxes[view].show(self._plot(("layers", view)))
         an = a.get("anomaly")
         if an and an.get("auroc"):
-            au = an["auroc"]["auroc"]
-            focus = an.get("unseen_set") or list(exp.unseen)
-            unseen = ", ".join(str(exp.class_names[int(c)]) for c in focus)
-            trained = ", ".join(str(exp.class_names[int(c)]) for c in exp.classes)
-            self.boxes["auroc"].show(F.auroc_bars(
-                {"distance p-value": au["pvalue"], "path rarity": au["path_rarity"],
-                 "max softmax (baseline)": au["msp"]},
-                title=f"Telling unseen {unseen} from held-out {trained} (AUROC)"))
-            counts = {exp.class_names[int(c)]: {(None if k == "never" else k): v for k, v in e["shares"].items()}
-                      for c, e in an["exit_summary"]["unseen"].items()}
-            self.boxes["exits"].show(F.exit_layers(counts, exp.layers))
+            self.boxes["auroc"].show(self._plot(("layers", "auroc")))
+            self.boxes["exits"].show(self._plot(("layers", "exits")))
         self._set(self.layer, options=list(exp.layers), value=exp.layers[-1])
         self._show_layer()
         self.body.layout.display = ""
+        if stored is None:
+            self._rebuild_plots(exp, folder, a)
         return a
+
+    def _plot(self, key):
+        """The Plot of ``key``: read from ``plots.zip``, else built now."""
+        if key in self._stored:
+            return self._stored[key]
+        return Plot(_layers_figure(self.experiment, self.analysis, key))
+
+    def _rebuild_plots(self, exp, folder, analysis):
+        """Rewrite the experiment's unusable ``plots.zip`` in a background thread at low priority."""
+        from .view import _rebuild_in_background
+
+        self._rebuilding = _rebuild_in_background(exp, folder, analysis)
 
     def select_from_query(self, query=None):
         """Select ``?experiment=NAME`` from the page's query string (see :meth:`GalleryApp.select_from_query`)."""
@@ -172,36 +184,17 @@ class LayersApp:
         return None
 
     def _show_layer(self):
-        exp, s = self.experiment, self.analysis["neurons"][self.layer.value]
-        self.boxes["heatmap"].show(F.neuron_heatmap(
-            s["means"], s["class_names"], order=s["order"], dead=s["dead"],
-            title=f"{self.layer.value}: mean activation per neuron and class"))
-        j = exp.layers.index(self.layer.value)
-        options = [(f"class {exp.class_names[int(c)]}", ("class", int(c))) for c in s["signatures"]]
-        for c in np.unique(exp.paths[exp.rows("train"), j]).tolist():
-            options.append((f"cluster c{c} of {self.layer.value}", ("cluster", c)))
-        options += [(f"unseen class {exp.class_names[int(u)]}", ("unseen", int(u))) for u in s.get("anomalies", {})]
+        exp, layer = self.experiment, self.layer.value
+        self.boxes["heatmap"].show(self._plot(("layers", "heatmap", layer)))
+        options = _subject_options(exp, self.analysis, layer)
         self._set(self.subject, options=options, value=options[0][1])
         self._show_subject()
 
     def _show_subject(self):
-        from ..neurons import signature_neurons, top_activating
-
         exp, layer, choice = self.experiment, self.layer.value, self.subject.value
         if choice is None:
             return
-        X = exp.hidden[layer]
-        known = exp.rows("train", "test")
-        if choice[0] == "class":
-            neurons = self.analysis["neurons"][layer]["signatures"][str(choice[1])]
-            what = f"the {exp.class_names[choice[1]]}s against the other trained classes"
-        elif choice[0] == "cluster":
-            mask = exp.paths[known, exp.layers.index(layer)] == choice[1]
-            neurons = signature_neurons(X[known], mask, top=10)
-            what = f"cluster c{choice[1]} against the rest of {layer}"
-        else:
-            neurons = self.analysis["neurons"][layer]["anomalies"][str(choice[1])]["signature"]
-            what = f"unseen {exp.class_names[choice[1]]}s against the trained classes"
+        neurons, what = _subject_neurons(exp, self.analysis, layer, choice)
         rows = "".join(f"<tr><td>n{n['neuron']}</td><td>{n['auroc']:.3f}</td><td>{n['cohens_d']:.2f}</td>"
                        f"<td>{n['mean_in']:.3f}</td><td>{n['mean_out']:.3f}</td></tr>" for n in neurons[:8])
         self.signature_table.value = (
@@ -209,13 +202,7 @@ class LayersApp:
             "<table class='sig-table'><tr><th>neuron</th><th>AUROC</th><th>Cohen's d</th><th>mean in</th>"
             f"<th>mean out</th></tr>{rows}</table>")
         if neurons:
-            best = neurons[0]["neuron"]
-            top = top_activating(X, best, k=20, rows=np.arange(exp.n_rows))
-            titles = [exp.class_names[t] for t in exp.labels[top]]
-            colors = ["#d62728" if s == 2 else "#333333" for s in exp.split[top]]
-            self.boxes["images"].show(F.image_grid(
-                exp.images[top], titles=titles, title_colors=colors,
-                title=f"Inputs that fire n{best} of {layer} most"))
+            self.boxes["images"].show(self._plot(("layers", "images", layer, choice)))
 
     def retrain(self, *, seeds=(1, 2)):
         """Retrain with other seeds and compare clusters (explicit; trains models). Returns the summary."""
@@ -245,6 +232,94 @@ class LayersApp:
             "<table class='sig-table'><tr><th>layer</th><th>ARI mean</th><th>ARI min</th></tr>" + rows + "</table>"
             f"<p>Paths agree for {summary['path_agreement_mean']:.1%} of the inputs after matching clusters.</p>")
         return summary
+
+
+def _subject_options(exp, analysis, layer):
+    """The "Neurons of" choices for ``layer``: its classes, its clusters, the unseen classes."""
+    s = analysis["neurons"][layer]
+    j = exp.layers.index(layer)
+    options = [(f"class {exp.class_names[int(c)]}", ("class", int(c))) for c in s["signatures"]]
+    for c in np.unique(exp.paths[exp.rows("train"), j]).tolist():
+        options.append((f"cluster c{c} of {layer}", ("cluster", c)))
+    options += [(f"unseen class {exp.class_names[int(u)]}", ("unseen", int(u))) for u in s.get("anomalies", {})]
+    return options
+
+
+def _subject_neurons(exp, analysis, layer, choice):
+    """The signature neurons of a "Neurons of" choice (list of dicts, best first) and the words for it."""
+    from ..neurons import signature_neurons
+
+    if choice[0] == "class":
+        neurons = analysis["neurons"][layer]["signatures"][str(choice[1])]
+        what = f"the {exp.class_names[choice[1]]}s against the other trained classes"
+    elif choice[0] == "cluster":
+        known = exp.rows("train", "test")
+        mask = exp.paths[known, exp.layers.index(layer)] == choice[1]
+        neurons = signature_neurons(exp.hidden[layer][known], mask, top=10)
+        what = f"cluster c{choice[1]} against the rest of {layer}"
+    else:
+        neurons = analysis["neurons"][layer]["anomalies"][str(choice[1])]["signature"]
+        what = f"unseen {exp.class_names[choice[1]]}s against the trained classes"
+    return neurons, what
+
+
+def _layers_figure(exp, analysis, key):
+    """The ``go.Figure`` of a Layers page key (``("layers", view, ...)``)."""
+    from ..neurons import top_activating
+
+    view = key[1]
+    sep, an = analysis["separation"], analysis.get("anomaly")
+    if view == "separation":
+        return F.separation_panel(sep["table"], separating=sep["first_layer"])
+    if view == "cka":
+        return F.cka_heatmap(sep["cka"], exp.layers)
+    if view == "crossovers":
+        return _crossover_grid(exp, analysis)
+    if view == "auroc":
+        au = an["auroc"]["auroc"]
+        focus = an.get("unseen_set") or list(exp.unseen)
+        unseen = ", ".join(str(exp.class_names[int(c)]) for c in focus)
+        trained = ", ".join(str(exp.class_names[int(c)]) for c in exp.classes)
+        return F.auroc_bars({"distance p-value": au["pvalue"], "path rarity": au["path_rarity"],
+                             "max softmax (baseline)": au["msp"]},
+                            title=f"Telling unseen {unseen} from held-out {trained} (AUROC)")
+    if view == "exits":
+        counts = {exp.class_names[int(c)]: {(None if k == "never" else k): v for k, v in e["shares"].items()}
+                  for c, e in an["exit_summary"]["unseen"].items()}
+        return F.exit_layers(counts, exp.layers)
+    if view == "heatmap":
+        s = analysis["neurons"][key[2]]
+        return F.neuron_heatmap(s["means"], s["class_names"], order=s["order"], dead=s["dead"],
+                                title=f"{key[2]}: mean activation per neuron and class")
+    if view == "images":
+        layer = key[2]
+        neurons, _ = _subject_neurons(exp, analysis, layer, key[3])
+        best = neurons[0]["neuron"]
+        top = top_activating(exp.hidden[layer], best, k=20, rows=np.arange(exp.n_rows))
+        titles = [exp.class_names[t] for t in exp.labels[top]]
+        colors = ["#d62728" if s == 2 else "#333333" for s in exp.split[top]]
+        return F.image_grid(exp.images[top], titles=titles, title_colors=colors,
+                            title=f"Inputs that fire n{best} of {layer} most")
+    raise ValueError(f"a Layers page figure must be one of separation, cka, crossovers, auroc, exits, heatmap, "
+                     f"images, got {view!r}")
+
+
+def layers_plots(exp, analysis):
+    """Every figure the Layers page shows first, encoded: ``{("layers", view, ...): Plot}``.
+
+    The panels of the experiment, and per layer the neuron heatmap and the images behind the
+    first "Neurons of" choice (what :meth:`LayersApp.select` and a change of layer show).
+    """
+    keys = [("layers", "separation"), ("layers", "cka"), ("layers", "crossovers")]
+    an = analysis.get("anomaly")
+    if an and an.get("auroc"):
+        keys += [("layers", "auroc"), ("layers", "exits")]
+    for layer in exp.layers:
+        keys.append(("layers", "heatmap", layer))
+        choice = _subject_options(exp, analysis, layer)[0][1]
+        if _subject_neurons(exp, analysis, layer, choice)[0]:
+            keys.append(("layers", "images", layer, choice))
+    return {key: Plot(_layers_figure(exp, analysis, key)) for key in keys}
 
 
 def _crossover_grid(exp, analysis, *, limit=30):

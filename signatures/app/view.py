@@ -1,16 +1,219 @@
-"""The view of one stored experiment: every figure built once, cached, and swapped into place."""
+"""The view of one stored experiment: every figure built once, cached, and swapped into place.
+
+The figures the pages show first are also kept with the experiment, encoded, in
+``plots.zip`` (:func:`write_plots`), so a page kernel that opens a stored experiment only
+reads their bytes (:func:`read_plots`) instead of building them. The file is written
+atomically and never trusted blindly: one that is missing, damaged, of another version or of
+another experiment (its stamp names the manifest's key) is rebuilt and rewritten by the first
+kernel that needs it.
+"""
 
 from __future__ import annotations
 
 import html
+import json
+import logging
+import threading
+import warnings
+import zipfile
+import zlib
+from pathlib import Path
 
 import ipywidgets as W
 import numpy as np
 
+from .. import __version__
 from .. import figures as F
 from ..paths import path_label
 from ..plotview import Plot, PlotBox
-from .common import _architecture, _failure_html, _findings_html
+from ..store import read_manifest, write_file_atomic
+from .common import _architecture, _failure_html, _findings_html, _low_priority_thread
+
+__all__ = ["ExperimentView", "PLOTS_FILE", "PLOTS_VERSION", "read_plots", "write_plots"]
+
+#: The file of an experiment folder holding its pages' figures (see signatures.store.EXTRA_FILES).
+PLOTS_FILE = "plots.zip"
+#: Raised whenever what is stored, or how a figure is built, changes: older files are then rebuilt.
+PLOTS_VERSION = 1
+_INDEX = "index.json"
+_FORMAT = "signatures-plots"
+
+_log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------- plots.zip
+
+
+def _plain(key):
+    """A figure key as JSON: tuples become lists, numpy integers plain ints."""
+    if isinstance(key, (tuple, list)):
+        return [_plain(k) for k in key]
+    if isinstance(key, np.integer):
+        return int(key)
+    if key is None or isinstance(key, (str, int, float)):
+        return key
+    raise TypeError(f"a figure key must hold tuples, strings and numbers, got {key!r}")
+
+
+def _key(value):
+    """The figure key of :func:`_plain`'s JSON (lists become tuples)."""
+    return tuple(_key(v) for v in value) if isinstance(value, list) else value
+
+
+def plots_stamp(folder):
+    """What a ``plots.zip`` must carry to be used for the experiment in ``folder`` (a dict).
+
+    The plots' version, the package's and plotly's, and the manifest's ``key`` (the config's
+    hash) and ``created``: a file written for another experiment, or for this name before it
+    was overwritten, or by other code, is stale.
+    """
+    import plotly
+
+    manifest = read_manifest(folder)
+    return {"format": _FORMAT, "version": PLOTS_VERSION, "signatures": __version__, "plotly": plotly.__version__,
+            "key": manifest.get("key"), "created": manifest.get("created")}
+
+
+def _stored_plot(payload, title, height):
+    """A :class:`~signatures.plotview.Plot` from its stored bytes (nothing is decoded or built)."""
+    plot = Plot.__new__(Plot)
+    plot.payload, plot.title, plot.height = bytes(payload), str(title), int(height)
+    return plot
+
+
+def read_plots(folder):
+    """The figures kept in ``folder/plots.zip``, if they can be used.
+
+    Parameters
+    ----------
+    folder : str or Path
+        A stored experiment's folder.
+
+    Returns
+    -------
+    plots : dict or None
+        Figure key (a tuple, see :meth:`ExperimentView.figure_key`; the Layers page's start
+        with ``"layers"``) -> :class:`~signatures.plotview.Plot`; None when the file cannot be
+        used.
+    why : str
+        Empty when read; else why not (missing, damaged, stale), naming the file.
+    """
+    path = Path(folder) / PLOTS_FILE
+    if not path.is_file():
+        return None, f"{path} is missing"
+    try:
+        stamp = plots_stamp(folder)
+    except (ValueError, OSError) as exc:
+        return None, f"{path} cannot be checked against its experiment: {exc}"
+    try:
+        with zipfile.ZipFile(path) as z:
+            index = json.loads(z.read(_INDEX).decode("utf-8"))
+            if not isinstance(index, dict) or not isinstance(index.get("stamp"), dict) \
+                    or not isinstance(index.get("plots"), list):
+                return None, f"{path} is damaged: its index is not a plots index"
+            if index["stamp"] != stamp:
+                changed = sorted(k for k in stamp if index["stamp"].get(k) != stamp[k])
+                return None, f"{path} is stale (its {', '.join(changed)} differ from the experiment's)"
+            plots = {}
+            for key, member, title, height in index["plots"]:
+                plots[_key(key)] = _stored_plot(z.read(member), title, height)  # zipfile checks each CRC
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, ValueError, TypeError,
+            UnicodeDecodeError) as exc:
+        return None, f"{path} is damaged ({type(exc).__name__}: {exc})"
+    return plots, ""
+
+
+def _save_plots(folder, plots, stamp):
+    """Write ``plots`` (key -> Plot) to ``folder/plots.zip`` atomically; returns its path."""
+    import io
+
+    buffer = io.BytesIO()
+    index = []
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for i, (key, plot) in enumerate(plots.items()):
+            member = f"plots/{i:04d}.json"
+            z.writestr(member, plot.payload)
+            index.append([_plain(key), member, plot.title, plot.height])
+        z.writestr(_INDEX, json.dumps({"stamp": stamp, "plots": index}))
+    path = Path(folder) / PLOTS_FILE
+    write_file_atomic(path, buffer.getvalue())
+    return path
+
+
+def write_plots(exp, folder, *, analysis=None, view=None):
+    """Build every figure the Gallery and Layers pages show first and keep them in ``folder/plots.zip``.
+
+    Called once an experiment is saved (``run``, the Builder's jobs) and by the first page
+    kernel that finds the file missing, damaged or stale. The file is written atomically
+    (a temporary file and a rename): a reader sees the old file or the new one, whole.
+
+    Parameters
+    ----------
+    exp : Experiment
+        The experiment stored in ``folder``.
+    folder : str or Path
+        Its folder (already saved: its manifest stamps the file).
+    analysis : dict, optional
+        :func:`signatures.analysis.analyze` of ``exp``; default read from (or kept in) the folder.
+    view : ExperimentView, optional
+        A view of ``exp`` whose figures were built already (they are reused).
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    ValueError
+        ``folder`` is not a complete experiment.
+    OSError
+        The file cannot be written (nothing is left half-written).
+    """
+    from ..analysis import load_or_analyze
+    from .layers import layers_plots
+
+    folder = Path(folder)
+    stamp = plots_stamp(folder)
+    if analysis is None:
+        analysis = load_or_analyze(exp, folder)
+    if view is None:
+        view = ExperimentView(exp, analysis=analysis)
+    view.warm(keep=False)
+    plots = {key: view.plot_of_key(key) for key in view.plot_keys()}
+    plots.update(layers_plots(exp, analysis))
+    return _save_plots(folder, plots, stamp)
+
+
+_rebuilding = set()
+_rebuilding_lock = threading.Lock()
+
+
+def _rebuild_in_background(exp, folder, analysis, *, view=None, niceness=10):
+    """:func:`write_plots` in a daemon thread at low CPU priority, once at a time per folder in this
+    process. A failure is a warning (the page works without the file). Returns the thread, or None
+    when one is already at work on ``folder``."""
+    folder = Path(folder)
+    with _rebuilding_lock:
+        if str(folder) in _rebuilding:
+            return None
+        _rebuilding.add(str(folder))
+
+    def work():
+        try:
+            write_plots(exp, folder, analysis=analysis, view=view)
+        except Exception as exc:  # a background thread's outermost boundary: the page works without the file
+            _log.debug("plots not kept", exc_info=exc)
+            warnings.warn(f"the figures could not be kept in {folder / PLOTS_FILE}: {exc}; they will be built "
+                          "again next time", RuntimeWarning, stacklevel=2)
+        else:
+            if view is not None:
+                view.stored_why = ""
+        finally:
+            with _rebuilding_lock:
+                _rebuilding.discard(str(folder))
+
+    return _low_priority_thread(work, name="signatures-plots-rebuild", niceness=niceness)
 
 
 class ExperimentView:
@@ -33,26 +236,41 @@ class ExperimentView:
         :func:`signatures.analysis.analyze` of ``exp``: its findings are shown under the title.
     renderer : {"widget", "mime"}, optional
         How plots are drawn (default :func:`signatures.plotview.plot_renderer`).
+    folder : str or Path, optional
+        The experiment's folder: its figures are read from ``plots.zip`` there (see
+        :func:`read_plots`), and :meth:`warm` rewrites that file when it could not be used.
 
     Attributes
     ----------
     widget : ipywidgets.VBox
         Built on first access.
     layer, color_by, inserted, selection : ipywidgets controls
+    stored : int
+        How many figures were read from ``plots.zip`` (0 when it could not be used).
+    stored_why : str
+        Why ``plots.zip`` was not used ("" when it was).
     """
 
     IMAGES = 40
     VIEWS = ("confusion", "training", "sankey", "umap", "silhouette", "images")
 
-    def __init__(self, exp, *, anomalies=None, analysis=None, renderer=None):
+    def __init__(self, exp, *, anomalies=None, analysis=None, renderer=None, folder=None):
         self.exp = exp
         self.analysis = analysis
         self.renderer = renderer
+        self.folder = None if folder is None else Path(folder)
         self._figures = {}
         self._plots = {}
         self._widget = None
+        self._warm_lock = threading.RLock()  # write_plots(view=self) warms again inside warm
         unseen = exp.unseen
         self._start = tuple(a for a in (exp.anomalies if anomalies is None else anomalies) if a in unseen)
+        self.stored, self.stored_why = 0, "no folder given"
+        if self.folder is not None:
+            stored, self.stored_why = read_plots(self.folder)
+            if stored:
+                self._plots.update((k, p) for k, p in stored.items() if k[0] != "layers")
+                self.stored = len(self._plots)
 
     # ------------------------------------------------------------------ state of the controls
 
@@ -148,26 +366,51 @@ class ExperimentView:
 
     def plot(self, view, **choice):
         """The :class:`~signatures.plotview.Plot` (encoded figure) of ``view``, built once."""
-        key = self.figure_key(view, **choice)
+        return self.plot_of_key(self.figure_key(view, **choice))
+
+    def plot_of_key(self, key):
+        """The :class:`~signatures.plotview.Plot` of a :meth:`figure_key`: stored, cached, or built now."""
         if key not in self._plots:
             # The encoded plot is what is kept; its go.Figure (several times larger) is dropped.
             fig = self._figures.pop(key) if key in self._figures else self._build(key)
             self._plots[key] = Plot(fig)
         return self._plots[key]
 
-    def warm(self):
-        """Build and encode every figure the controls can ask for with the first anomalies, ahead of time."""
-        inserted = self._state()[2]
-        self.plot("confusion")
-        self.plot("training")
-        self.plot("sankey", inserted=inserted)
+    def plot_keys(self):
+        """The keys of every figure the controls can ask for with the first anomalies (what :meth:`warm`
+        builds and ``plots.zip`` keeps), in order."""
+        inserted = self._start
+        keys = [("confusion",), ("training",), ("sankey", inserted)]
         for name in self.exp.layers:
-            self.plot("silhouette", layer=name)
-            for c in F.COLOR_BY:
-                self.plot("umap", layer=name, color_by=c, inserted=inserted)
-        for _, value in self.selection_options(inserted)[:12]:
-            self.plot("images", selection=value, inserted=inserted)
+            keys.append(("silhouette", name))
+            keys += [("umap", name, c, inserted) for c in F.COLOR_BY]
+        keys += [("images", value, inserted) for _, value in self.selection_options(inserted)[:12]]
+        return keys
+
+    def warm(self, *, keep=True):
+        """Build and encode every figure the controls can ask for with the first anomalies, ahead of time.
+
+        Figures read from ``plots.zip`` are not built again. With ``keep`` and a :attr:`folder`
+        whose ``plots.zip`` lacked any of them (missing, damaged, stale), the file is rewritten
+        (:func:`write_plots`); a failure to do so is a warning, never an error of the page.
+        """
+        with self._warm_lock:
+            missing = [key for key in self.plot_keys() if key not in self._plots]
+            for key in missing:
+                self.plot_of_key(key)
+            if keep and missing and self.folder is not None:
+                self._keep_plots()
         return self
+
+    def _keep_plots(self):
+        try:
+            write_plots(self.exp, self.folder, analysis=self.analysis, view=self)
+        except Exception as exc:  # keeping the figures only saves later kernels time: never fatal to the page
+            _log.debug("plots not kept", exc_info=exc)
+            warnings.warn(f"the figures could not be kept in {self.folder / PLOTS_FILE}: {exc}; they will be "
+                          "built again next time", RuntimeWarning, stacklevel=3)
+        else:
+            self.stored_why = ""
 
     # ------------------------------------------------------------------ widgets
 
