@@ -191,6 +191,32 @@ def _prediction_calls(calls, output):
     return tail
 
 
+def _logits_tensor(inputs, calls, output):
+    """The logits behind a softmax output, symbolically, or None when there are none.
+
+    A ``Dense(..., activation="softmax")`` output gives its pre-activation (the same kernel
+    and bias, without the softmax); a ``Softmax`` or ``Activation("softmax")`` output gives
+    its input.
+    """
+    tensors = {id(t): t for t in inputs}
+    producer = None
+    for call in calls:
+        for t in keras.tree.flatten(call.output):
+            tensors[id(t)] = t
+            if t is output:
+                producer = call
+    if producer is None or len(producer.inputs) != 1 or producer.inputs[0] not in tensors:
+        return None
+    layer, x = producer.layer, tensors[producer.inputs[0]]
+    softmax = getattr(getattr(layer, "activation", None), "__name__", "") == "softmax"
+    if isinstance(layer, keras.layers.Softmax) or (isinstance(layer, keras.layers.Activation) and softmax):
+        return x
+    if isinstance(layer, keras.layers.Dense) and softmax:
+        z = keras.ops.matmul(x, layer.kernel)
+        return keras.ops.add(z, layer.bias) if layer.use_bias else z
+    return None
+
+
 def _hidden_calls(calls, output):
     """Names of the hidden layers: each block's activated output (see the module notes)."""
     consumers = defaultdict(list)
@@ -255,7 +281,8 @@ def _to_rows(tensor, reduce, name):
 def build_extractor(model, *, layers=None, reduce="mean"):
     """A multi-output ``keras.Model`` sharing ``model``'s graph and weights.
 
-    Its outputs are the chosen hidden layers, reduced to rows, then the model's output.
+    Its outputs are the chosen hidden layers, reduced to rows, then the model's output, then
+    the logits behind a softmax output when the model has them (see :func:`extract`).
 
     Parameters
     ----------
@@ -304,7 +331,9 @@ def build_extractor(model, *, layers=None, reduce="mean"):
         if by_name[name].tensor is None:
             raise ValueError(f"layer {name!r} has several outputs; choose a layer with one output")
     rows = [_to_rows(by_name[n].tensor, reduce, n) for n in names]
-    extractor = keras.Model(inputs=inputs, outputs=rows + [output], name=f"{model.name}_extractor")
+    logits = _logits_tensor(inputs, calls, output)
+    outputs = rows + [output] + ([logits] if logits is not None else [])
+    extractor = keras.Model(inputs=inputs, outputs=outputs, name=f"{model.name}_extractor")
     return extractor, names
 
 
@@ -331,7 +360,8 @@ class _PredictProgress(keras.callbacks.Callback):
             self._progress("extraction", (batch + 1) / self._n, f"batch {batch + 1}/{self._n}")
 
 
-def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=None, extractor=None):
+def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=None, extractor=None,
+            logits=False):
     """Activations of the hidden layers and the predictions, in one forward pass.
 
     Parameters
@@ -352,12 +382,17 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
     extractor : tuple, optional
         A ``(keras.Model, names)`` pair from :func:`build_extractor`; by default one is
         built on the first call for a model and kept for later calls.
+    logits : bool
+        Also return the logits behind a softmax output (for MaxLogit and energy scores),
+        from the same forward pass.
 
     Returns
     -------
     hidden : OrderedDict[str, ndarray of shape (n_samples, n_units)], float32
     output : ndarray of shape (n_samples, n_classes)
         The model's output (class probabilities).
+    logits : ndarray of shape (n_samples, n_classes) or None
+        Only with ``logits=True``; None when the output is not a softmax.
 
     Raises
     ------
@@ -373,8 +408,9 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
     n_batches = int(np.ceil(len(X) / batch_size))
     callbacks = [_PredictProgress(progress, n_batches)] if progress else []
     outs = extractor.predict(X, batch_size=int(batch_size), verbose=0, callbacks=callbacks)
+    n = len(names)
     hidden = OrderedDict()
-    for name, values in zip(names, outs[:-1]):
+    for name, values in zip(names, outs[:n]):
         values = np.asarray(values, dtype=np.float32)
         bad = ~np.isfinite(values).all(axis=1)
         if bad.any():
@@ -384,5 +420,7 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
                 "that inputs are finite and scaled to [0, 1]"
             )
         hidden[name] = values
-    output = np.asarray(outs[-1], dtype=np.float32)
-    return hidden, output
+    output = np.asarray(outs[n], dtype=np.float32)
+    if not logits:
+        return hidden, output
+    return hidden, output, (np.asarray(outs[n + 1], dtype=np.float32) if len(outs) > n + 1 else None)

@@ -65,8 +65,34 @@ def test_single_multi_output_model_over_the_same_weights():
     model = hand_set_sequential()
     extractor, names = build_extractor(model)
     assert names == ["h1", "h2"]
-    assert len(extractor.outputs) == 3  # two hidden layers + the output, one graph
+    assert len(extractor.outputs) == 4  # two hidden layers + the output + its logits, one graph
     assert {id(w) for w in extractor.weights} == {id(w) for w in model.weights}
+
+
+@pytest.mark.parametrize("make", [hand_set_sequential, hand_set_functional])
+def test_logits_behind_a_softmax_dense_are_exact(make):
+    hidden, output, logits = extract(make(), X, logits=True)
+    h1, h2, p = expected()
+    np.testing.assert_allclose(logits, h2 @ W3 + B3, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(output, p, rtol=1e-5)
+
+
+def test_logits_of_a_separate_softmax_and_none_without_softmax():
+    def build(last):
+        inputs = keras.Input(shape=(2,))
+        h = keras.layers.Dense(2, activation="relu", name="h1")(inputs)
+        z = keras.layers.Dense(2, name="z")(h)
+        model = keras.Model(inputs, last(z))
+        model.get_layer("h1").set_weights([W1[:, :2], B1[:2]])
+        model.get_layer("z").set_weights([W3, np.array([0.5, -0.5], dtype=np.float32)])
+        return model
+
+    expected_z = relu(X @ W1[:, :2] + B1[:2]) @ W3 + np.array([0.5, -0.5])
+    for last in (keras.layers.Softmax(), keras.layers.Activation("softmax")):
+        _, _, logits = extract(build(last), X, logits=True)
+        np.testing.assert_allclose(logits, expected_z, rtol=1e-6, atol=1e-6)
+    _, _, none = extract(build(keras.layers.Activation("sigmoid")), X, logits=True)
+    assert none is None
 
 
 def test_batches_do_not_change_values(trained_mlp, subset_1v7):
