@@ -527,6 +527,9 @@ class Experiment:
         Seconds per stage.
     dataset_rows : ndarray of shape (n,)
         Row of each input in the loaded dataset.
+    logits : ndarray of shape (n, n_classes) or None
+        The logits behind a softmax output (for MaxLogit and energy scores); None when the
+        model has none or for experiments stored before they were kept.
     model : keras.Model or None
         Present after a run; ``None`` when loaded for browsing.
     """
@@ -547,6 +550,7 @@ class Experiment:
     metrics: dict
     timings: dict = field(default_factory=dict)
     dataset_rows: np.ndarray = None
+    logits: np.ndarray = None
     info: dict = field(default_factory=dict)
     model: object = None
 
@@ -754,7 +758,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
     ])
     dataset_rows = np.concatenate([subset.idx_train, subset.idx_test, subset.idx_anomaly])
     report("extraction", 0.0, f"one forward pass over {len(X)} inputs")
-    hidden, probs = extract(model, X, reduce=config.reduce, progress=report)
+    hidden, probs, logits = extract(model, X, reduce=config.reduce, progress=report, logits=True)
     lap("extraction")
 
     test = split == SPLITS["test"]
@@ -811,6 +815,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         metrics=metrics,
         timings=dict(timings),
         dataset_rows=dataset_rows,
+        logits=logits,
         info={"source": dataset.source, "model_name": model.name, "n_params": int(model.count_params())},
         model=model,
     )

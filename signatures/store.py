@@ -294,6 +294,8 @@ def _arrays(exp):
     }
     if exp.dataset_rows is not None:
         out["dataset_rows"] = exp.dataset_rows
+    if getattr(exp, "logits", None) is not None:
+        out["logits"] = exp.logits
     for name in exp.layers:
         out[f"act/{name}"] = exp.hidden[name]
         out[f"centers/{name}"] = exp.clusterers[name].centers_
@@ -602,6 +604,9 @@ def _check_arrays(arrays, manifest, file):
     paths = arrays["paths"]
     if paths.ndim != 2 or paths.shape[1] != len(layers) or not np.issubdtype(paths.dtype, np.integer):
         raise ValueError(f"{file}: 'paths' has shape {paths.shape}, expected ({n}, {len(layers)}) integers")
+    if "logits" in arrays and arrays["logits"].shape != arrays["probs"].shape:
+        raise ValueError(f"{file}: 'logits' has shape {arrays['logits'].shape}, expected that of 'probs' "
+                         f"{arrays['probs'].shape}")
     if arrays["probs"].ndim != 2 or arrays["probs"].shape[1] != len(manifest["classes"]):
         raise ValueError(f"{file}: 'probs' has shape {arrays['probs'].shape}, expected ({n}, "
                          f"{len(manifest['classes'])})")
@@ -661,6 +666,7 @@ def load_experiment(path):
         metrics=manifest["metrics"],
         timings=manifest.get("timings", {}),
         dataset_rows=arrays.get("dataset_rows"),
+        logits=arrays.get("logits"),
         info=manifest.get("info", {}),
     )
 

@@ -28,7 +28,8 @@ def saved(small_experiment, tmp_path_factory):
 def test_reload_is_identical(small_experiment, saved):
     exp, back = small_experiment, load_experiment(saved / "small")
     assert back.layers == exp.layers and back.classes == exp.classes and back.anomalies == exp.anomalies
-    for field in ("labels", "split", "images", "probs", "paths", "dataset_rows"):
+    assert exp.logits is not None and exp.logits.shape == exp.probs.shape
+    for field in ("labels", "split", "images", "probs", "paths", "dataset_rows", "logits"):
         np.testing.assert_array_equal(getattr(back, field), getattr(exp, field))
     for name in exp.layers:
         np.testing.assert_array_equal(back.hidden[name], exp.hidden[name])
