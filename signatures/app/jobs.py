@@ -137,6 +137,13 @@ def run_job(config_dict, store, *, job_id, overwrite=False):
         say("analysis", 0.0, "answering the three questions")
         analysis = load_or_analyze(exp, path)
         write_report(exp, path / "report.html", analysis=analysis)
+        say("analysis", 0.9, "encoding the pages' figures once")
+        try:
+            from .view import write_plots
+
+            write_plots(exp, path, analysis=analysis)
+        except (OSError, ValueError) as exc:  # the pages rebuild it; the experiment is stored
+            say("analysis", 1.0, f"figures not kept ({exc}); the pages will build them")
         say("done", 1.0, f"stored {path.name}")
         return {
             "name": path.name,
