@@ -370,3 +370,115 @@ def detection_metrics(scores, is_positive):
     if y.all() or not y.any():
         return {"auroc": None, "fpr95": None, "aupr": None}
     return {"auroc": float(roc_auc_score(y, s)), "fpr95": fpr_at_tpr(s, y), "aupr": float(average_precision_score(y, s))}
+
+
+# ---------------------------------------------------------------------------------------
+# All detectors over one experiment's rows
+# ---------------------------------------------------------------------------------------
+
+#: Detector names in the order tables show them (layer-wise ones get ``:<layer>``).
+BASELINES = ("msp", "maxlogit", "energy", "mahalanobis", "knn", "dknn")
+
+
+def _fisher_calibrated(per_layer_cal, per_layer_new):
+    """Fisher-combine per-layer scores through conformal p-values against the held-out rows.
+
+    Returns combined scores (``-log`` of the calibrated combined p-value) for the held-out
+    rows (leave-one-out) and for the new rows.
+    """
+    p_cal = np.stack([conformal_pvalues(c, c, leave_one_out=True) for c in per_layer_cal], axis=1)
+    p_new = np.stack([conformal_pvalues(c, s) for c, s in zip(per_layer_cal, per_layer_new)], axis=1)
+    f_cal, f_new = -2 * np.log(p_cal).sum(axis=1), -2 * np.log(p_new).sum(axis=1)
+    return (-np.log(conformal_pvalues(f_cal, f_cal, leave_one_out=True)),
+            -np.log(conformal_pvalues(f_cal, f_new)))
+
+
+def detector_scores(hidden, labels, split, *, probs, logits=None, clusters=None, k=10):
+    """Every detector's score of the held-out and unseen rows.
+
+    Parameters
+    ----------
+    hidden : dict[str, ndarray of shape (n, n_units)]
+        Activations of every row, per layer, in layer order.
+    labels, split : ndarray of shape (n,)
+        True class; 0 training, 1 held-out of the trained classes, 2 unseen classes.
+    probs : ndarray of shape (n, n_classes)
+    logits : ndarray of shape (n, n_classes), optional
+        For MaxLogit and energy (left out without them).
+    clusters : dict[str, ndarray of shape (n_train,)], optional
+        The cluster of every training row per layer (the experiment's paths); the signature
+        score is left out without them.
+    k : int
+        Neighbours of kNN and DkNN.
+
+    Returns
+    -------
+    rows : ndarray of int
+        The scored rows (split 1 and 2), in order.
+    scores : OrderedDict[str, ndarray]
+        Detector -> score per scored row (larger = more anomalous). Layer-wise detectors
+        appear once per layer (``mahalanobis:hidden_1``) and combined over layers
+        (``mahalanobis``: Fisher's combination of calibrated per-layer p-values; ``knn``:
+        the last layer, as Sun et al.).
+    """
+    split = np.asarray(split)
+    labels = np.asarray(labels)
+    train, cal = split == 0, split == 1
+    rows = np.flatnonzero(split != 0)
+    is_cal = split[rows] == 1
+    names = list(hidden)
+    if not names:
+        raise ValueError("give at least one layer")
+    if not cal.any() or not train.any():
+        raise ValueError("the detectors need training rows (split 0) and held-out rows (split 1)")
+    scores = OrderedDict()
+    scores["msp"] = msp(np.asarray(probs)[rows])
+    if logits is not None:
+        scores["maxlogit"] = max_logit(np.asarray(logits)[rows])
+        scores["energy"] = energy(np.asarray(logits)[rows])
+    maha, kn = {}, {}
+    for name in names:
+        X = np.asarray(hidden[name], dtype=np.float64)
+        maha[name] = Mahalanobis().fit(X[train], labels[train]).score(X[rows])
+        kn[name] = KNN(k=min(k, int(train.sum()))).fit(X[train]).score(X[rows])
+    combined_cal, combined_new = _fisher_calibrated([maha[n][is_cal] for n in names],
+                                                    [maha[n][~is_cal] for n in names])
+    combined = np.empty(len(rows))
+    combined[is_cal], combined[~is_cal] = combined_cal, combined_new
+    scores["mahalanobis"] = combined
+    scores["knn"] = kn[names[-1]]
+    dknn = DkNN(k=min(k, int(train.sum()))).fit(
+        {n: hidden[n][train] for n in names}, labels[train], {n: hidden[n][cal] for n in names}, labels[cal])
+    scores["dknn"] = dknn.score({n: hidden[n][rows] for n in names})
+    if clusters is not None:
+        sig = SignatureScore().fit({n: hidden[n][train] for n in names}, clusters,
+                                   {n: hidden[n][cal] for n in names})
+        s = np.empty(len(rows))
+        s[is_cal] = sig.score(None, calibration=True)
+        s[~is_cal] = sig.score({n: hidden[n][rows[~is_cal]] for n in names})
+        scores["signature"] = s
+    for name in names:
+        scores[f"mahalanobis:{name}"] = maha[name]
+        scores[f"knn:{name}"] = kn[name]
+    return rows, scores
+
+
+def detector_table(rows, scores, labels, split):
+    """Metrics of every detector, overall and per unseen class.
+
+    Returns
+    -------
+    dict
+        ``{"overall": {detector: metrics}, "per_class": {class: {detector: metrics}},
+        "n_heldout": int, "n_unseen": {class: int}}`` with metrics as :func:`detection_metrics`.
+    """
+    labels, split = np.asarray(labels)[rows], np.asarray(split)[rows]
+    unseen = split == 2
+    out = {"overall": {}, "per_class": {}, "n_heldout": int((~unseen).sum()),
+           "n_unseen": {int(c): int(((labels == c) & unseen).sum()) for c in np.unique(labels[unseen])}}
+    for name, s in scores.items():
+        out["overall"][name] = detection_metrics(s, unseen)
+    for c in out["n_unseen"]:
+        keep = ~unseen | (labels == c)
+        out["per_class"][c] = {name: detection_metrics(s[keep], unseen[keep]) for name, s in scores.items()}
+    return out
