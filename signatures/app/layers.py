@@ -13,7 +13,7 @@ from ..data import DataUnavailableError
 from ..plotview import Plot, PlotBox
 from ..store import list_experiments, load_experiment
 from .common import (
-    _damaged_todo, _error_html, _failure_html, _findings_html, _low_priority_thread, _query_experiment, store_root,
+    _damaged_todo, _error_html, _failure_html, _findings_html, _query_experiment, store_root,
 )
 
 
