@@ -1,5 +1,5 @@
-"""The builder and gallery apps, driven in-process: bad input shown next to its control,
-runs saved to the store, views swapped from cached figures, no TensorFlow in the gallery."""
+"""The Gallery and Layers apps, driven in-process: views swapped from cached figures, no TensorFlow
+in the gallery, damaged experiments named. The Builder's tests are in test_builder.py."""
 
 import html
 import json
@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,87 +23,6 @@ def store(small_experiment, tmp_path_factory):
     return root
 
 
-def errors(app):
-    return {k: html.unescape(w.value) for k, w in app.errors.items() if w.value}
-
-
-def set_toggles(buttons, values):
-    for b in buttons:
-        b.value = int(b.description) in values
-
-
-def test_builder_defaults_are_valid(store):
-    app = BuilderApp(store)
-    assert app.check() == {} and errors(app) == {}
-    config = app.config().validate()
-    assert config.digits == (1, 7) and config.anomalies == (3, 4) and config.all_unseen
-
-
-def set_value(control, value):
-    return lambda a: setattr(getattr(a, control), "value", value)
-
-
-# (change, field, start, text): the message next to the control ``field`` starts with ``start`` (the
-# words on the page) and holds ``text`` (the bad value, or what is allowed).
-BAD_CHOICES = [
-    (lambda a: set_toggles(a.digit_buttons, {1}), "digits", "", "at least 2"),
-    (lambda a: set_toggles(a.anomaly_buttons, {7}), "anomalies", "", "[7] are both trained"),
-    (set_value("n_per_class", "5000"), "n_per_class", "Images per digit", "digit 1 has only 1135"),
-    (set_value("n_per_class", "many"), "n_per_class", "Images per digit", "got 'many'"),
-    (set_value("n_per_class", "1.5"), "n_per_class", "Images per digit", "got '1.5'"),
-    (set_value("n_per_class", "inf"), "n_per_class", "Images per digit", "got 'inf'"),
-    (set_value("n_per_class", "nan"), "n_per_class", "Images per digit", "got 'nan'"),
-    (set_value("n_per_class", "-3"), "n_per_class", "Images per digit", "got -3"),
-    (set_value("n_per_class", "abc"), "n_per_class", "Images per digit", "got 'abc'"),
-    (set_value("n_per_class", "10000000"), "n_per_class", "Images per digit", "got 10000000"),
-    (set_value("seed", "-1"), "seed", "Seed", "from 0 to 2147483647, got -1"),
-    (set_value("seed", "abc"), "seed", "Seed", "got 'abc'"),
-    (set_value("seed", "0.5"), "seed", "Seed", "got '0.5'"),
-    (set_value("k_min", "abc"), "k_range", "K from", "got 'abc'"),
-    (set_value("k_max", "ten"), "k_range", "K to", "got 'ten'"),
-    (lambda a: (setattr(a.k_min, "value", 8), setattr(a.k_max, "value", 3)), "k_range", "K range", "inverted"),
-    (set_value("hidden", "  "), "hidden", "Dense hidden sizes", "at least one layer size"),
-    (set_value("hidden", "0"), "hidden", "Dense hidden sizes", "got 0"),
-    (set_value("hidden", "-1"), "hidden", "Dense hidden sizes", "got -1"),
-    (set_value("hidden", "abc"), "hidden", "Dense hidden sizes", "got 'abc'"),
-    (set_value("hidden", "64 abc"), "hidden", "Dense hidden sizes", "got 'abc'"),
-    (set_value("hidden", "100000"), "hidden", "Dense hidden sizes", "got 100000"),
-    (set_value("name", "../outside"), "name", "", "not allowed"),
-    (set_value("name", "a/b"), "name", "", "not allowed"),
-    (set_value("name", "small"), "name", "Experiment name", "exists already"),
-    (set_value("epochs", 0), "epochs", "Epochs", "got 0"),
-]
-
-
-@pytest.mark.parametrize("change, field, start, text", BAD_CHOICES,
-                         ids=[f"{c[1]}-{c[3]}" for c in BAD_CHOICES])
-def test_bad_choice_is_shown_next_to_its_control(store, change, field, start, text):
-    app = BuilderApp(store)
-    change(app)
-    assert app.run() is None
-    shown = errors(app)
-    assert list(shown) == [field], shown  # next to its own control, and only there
-    message = html.unescape(app.errors[field].value)
-    message = message[message.index(">") + 1:]
-    assert message.startswith(start) and text in message, message
-    assert "Fix the values marked above" in app.error.value
-    assert app.progress.value == 0 and app.status.value == ""  # nothing ran
-    assert [m["name"] for m in list_experiments(store)] == ["small"]
-
-
-def test_changing_a_control_clears_its_old_message(store):
-    app = BuilderApp(store)
-    app.n_per_class.value = "abc"
-    app.seed.value = "-1"
-    app.run()
-    assert set(errors(app)) == {"n_per_class", "seed"} and app.error.value
-    app.n_per_class.value = "50"
-    assert set(errors(app)) == {"seed"} and app.error.value == ""
-    app.seed.value = 3
-    assert errors(app) == {}
-    assert app.check() == {} and app.config().validate().seed == 3
-
-
 def test_store_root_defaults_to_the_one_default_store(monkeypatch, tmp_path):
     from signatures.store import default_store
     from signatures.app import store_root
@@ -117,56 +35,6 @@ def test_store_root_defaults_to_the_one_default_store(monkeypatch, tmp_path):
     monkeypatch.setenv("SIGNATURES_STORE", str(tmp_path / "elsewhere"))
     assert store_root() == tmp_path / "elsewhere"
     assert store_root(tmp_path / "given") == tmp_path / "given"
-
-
-def test_dataset_not_available_offline(store, monkeypatch, tmp_path):
-    monkeypatch.setenv("SIGNATURES_DATA_DIR", str(tmp_path))  # a folder without IDX files
-    app = BuilderApp(store)
-    app.check()
-    assert "no mnist IDX files" in errors(app)["dataset"] and "--dataset digits" in errors(app)["dataset"]
-
-
-def test_run_error_is_shown_then_run_again_saves_and_shows_results_then_a_bad_run_keeps_them(store, monkeypatch):
-    import tensorflow as tf
-
-    from signatures import models
-
-    def out_of_memory(*args, **kwargs):
-        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[784,100000]")
-
-    app = BuilderApp(store)
-    app.n_per_class.value = "60"
-    app.epochs.value = 1
-    app.hidden.value = "12 6"
-    app.k_max.value = 5
-    app.name.value = "built"
-    monkeypatch.setattr(models, "train", out_of_memory)
-    assert app.run() is None  # TensorFlow fails during training: said in the page, no traceback
-    shown = html.unescape(app.error.value)
-    assert "The run failed: ResourceExhaustedError: OOM when allocating tensor" in shown
-    assert "Nothing was saved to the store" in shown and "run again" in shown
-    assert "<b>training</b>" in app.status.value  # where it stopped
-    assert not app.run_button.disabled and app.results.children == ()
-    assert [m["name"] for m in list_experiments(store)] == ["small"]
-    assert not [p for p in store.iterdir() if p.name.startswith(".")]  # no half-written folder
-    app.epochs.value = 2
-    assert app.error.value == ""  # the old error goes when a control changes
-    app.epochs.value = 1
-    monkeypatch.undo()
-    exp = app.run()
-    assert app.error.value == ""
-    assert exp is not None and app.progress.value == pytest.approx(1.0)
-    for stage in ("loading", "training", "extraction", "clustering", "projection", "saving"):
-        assert f"<b>{stage}</b>" in app.status.value
-    assert "built" in [m["name"] for m in list_experiments(store)]
-    assert set(exp.unseen) == set(range(10)) - {1, 7}  # every unseen digit stored for later insertion
-    view = app.results.children[0]
-    assert view is app.view.widget
-    manifest_before = (store / "built" / "manifest.json").read_bytes()
-    assert app.run() is None  # same name again: refused, results and store kept
-    assert "exists already" in errors(app)["name"]
-    assert app.results.children[0] is view
-    assert (store / "built" / "manifest.json").read_bytes() == manifest_before
 
 
 def test_gallery_select_and_swap_views(store):
@@ -300,24 +168,6 @@ def test_preheated_gallery_preloads_in_the_background_and_a_request_is_served_me
     assert set(app._views) == {m["name"] for m in list_experiments(store)}
 
 
-def test_preheated_builder_warms_up_in_the_background_and_a_run_waits_for_it(store, monkeypatch):
-    from signatures import app as widgets
-
-    monkeypatch.setenv("VOILA_PREHEAT", "True")
-    done = threading.Event()
-
-    def fake_warm_up():
-        time.sleep(0.5)
-        done.set()
-        return 0.5
-
-    monkeypatch.setattr(BuilderApp, "warm_up", staticmethod(fake_warm_up))
-    app = widgets.build_builder(store)
-    assert app._warming.is_alive() and not done.is_set()  # build_builder returned at once
-    app._wait_for_warm_up()
-    assert done.is_set() and "warm-up" in app.status.value and app.warm_seconds >= 0.5
-
-
 # --------------------------------------------------------------------------- damaged experiments in the pages
 
 
@@ -442,22 +292,23 @@ def test_a_view_that_fails_to_draw_says_so_and_the_next_change_works(store, monk
     from signatures import figures
 
     view = GalleryApp(store).select("small")
-    real = figures.silhouette_curve
+    real = figures.layer_umap
 
     def broken(*args, **kwargs):
-        raise KeyError("silhouette_scores_")
+        raise KeyError("emb/dense")
 
-    monkeypatch.setattr(figures, "silhouette_curve", broken)
-    view.layer.value = view.exp.layers[1]
-    assert "This view cannot be drawn: KeyError: 'silhouette_scores_'" in shown_error(view.message)
-    monkeypatch.setattr(figures, "silhouette_curve", real)
-    view.layer.value = view.exp.layers[0]
+    monkeypatch.setattr(figures, "layer_umap", broken)
+    view.inserted.value = (4,)  # a map neither shown nor kept in plots.zip yet: built now
+    assert "This view cannot be drawn: KeyError: 'emb/dense'" in shown_error(view.message)
+    monkeypatch.setattr(figures, "layer_umap", real)
+    view.inserted.value = (3,)
     assert view.message.value == ""
 
 
 @pytest.mark.parametrize("app_class", ["GalleryApp", "LayersApp"])
 def test_an_analysis_of_the_wrong_type_is_shown_as_an_error(store, monkeypatch, app_class):
-    from signatures import analysis, widgets
+    from signatures import analysis
+    from signatures import app as widgets
 
     real = analysis.load_or_analyze
     monkeypatch.setattr(analysis, "load_or_analyze", lambda exp, folder=None, **kw: {"findings": 5, "separation": []})
