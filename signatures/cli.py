@@ -265,6 +265,7 @@ def _cmd_canonical(args):
 
 
 def _cmd_serve(args):
+    from .app.server import MAX_CLASS_SIZE, check_host_name, check_token, is_loopback
     from .store import default_store, list_experiments
 
     problems = []
@@ -273,6 +274,20 @@ def _cmd_serve(args):
     for option, value in (("--pool-size", args.pool_size), ("--gallery-pool-size", args.gallery_pool_size)):
         if value is not None and not 0 <= value <= MAX_POOL_SIZE:
             problems.append(f"{option} must be a whole number from 0 to {MAX_POOL_SIZE}, got {value}")
+    if not 1 <= args.class_size <= MAX_CLASS_SIZE:
+        problems.append(f"--class-size must be a whole number from 1 to {MAX_CLASS_SIZE}, got {args.class_size}")
+    if not 1 <= args.workers <= 64:
+        problems.append(f"--workers must be a whole number from 1 to 64, got {args.workers}")
+    if args.scheduler is not None and not args.scheduler.strip():
+        problems.append("--scheduler must be a scheduler address such as tcp://10.0.0.5:8786, got ''")
+    if args.scheduler and args.no_jobs:
+        problems.append("--scheduler and --no-jobs contradict each other: give one of them")
+    for checked, value in [(check_token, args.token)] * (args.token is not None) + \
+            [(check_host_name, name) for name in args.allow_host or ()]:
+        try:
+            checked(value)
+        except ValueError as exc:
+            problems.append(str(exc))
     store = Path(args.store) if args.store is not None else default_store()
     if store.exists() and not store.is_dir():
         problems.append(f"--store {str(store)!r} is a file, not a folder")
@@ -283,13 +298,22 @@ def _cmd_serve(args):
     from .app.server import serve
 
     if not list_experiments(store):
-        print(f"note: no stored experiments in {store}/ yet; build the canonical ones with "
-              f"'python -m signatures canonical --store {store}' (the Builder page adds more)")
-    print(f"serving on http://{args.address}:{args.port}/ (Ctrl-C to stop); the Builder's kernels warm up "
-          "TensorFlow and UMAP in the background for about a minute after start")
-    serve(port=args.port, address=args.address, store=store,
-          data_dir=str(args.data_dir) if args.data_dir else None, pool_size=args.pool_size,
-          gallery_pool_size=args.gallery_pool_size)
+        print(f"note: no stored experiments in {store.name}/ yet; the landing page offers to build the canonical "
+              "ones (or run 'python -m signatures canonical')")
+    where = "loopback only, no token" if is_loopback(args.address) else "open to the network, token required"
+    jobs = ("no jobs (the Builder cannot train)" if args.no_jobs else
+            f"jobs on the Dask scheduler {args.scheduler}" if args.scheduler else
+            f"jobs on a local Dask cluster of {args.workers} worker(s)")
+    print(f"serving on {args.address}:{args.port} ({where}; class of {args.class_size}; {jobs}); Ctrl-C to stop")
+    try:
+        serve(port=args.port, address=args.address, store=store,
+              data_dir=str(args.data_dir) if args.data_dir else None, class_size=args.class_size,
+              pool_size=args.pool_size, gallery_pool_size=args.gallery_pool_size, token=args.token,
+              allow_hosts=tuple(args.allow_host or ()), workers=args.workers, scheduler=args.scheduler,
+              jobs=not args.no_jobs)
+    except ConnectionError as exc:
+        print(f"error: --scheduler: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -374,12 +398,26 @@ def build_parser():
     srv.add_argument("--address", default="127.0.0.1", help="address to listen on (default loopback only)")
     srv.add_argument("--store", type=Path, default=None, help=_store_help())
     srv.add_argument("--data-dir", type=str, help="IDX folder(s) for the Builder (default: $SIGNATURES_DATA_DIR)")
-    srv.add_argument("--pool-size", type=int, default=1,
-                     help=f"preheated kernels kept ready per page, 0..{MAX_POOL_SIZE} "
-                          "(default 1; a Builder kernel takes about 1 GiB)")
+    srv.add_argument("--class-size", type=int, default=10,
+                     help="visitors at once the server is sized for: sets the preheated kernels and the caps on "
+                          "live kernels, beyond which a visitor is told the server is full (default 10)")
+    srv.add_argument("--pool-size", type=int, default=None,
+                     help=f"preheated kernels kept ready per page, 0..{MAX_POOL_SIZE} (default from --class-size)")
     srv.add_argument("--gallery-pool-size", type=int, default=None,
                      help=f"preheated kernels kept ready for the Gallery page, 0..{MAX_POOL_SIZE} "
-                          "(default twice --pool-size; about 300 MiB each)")
+                          "(default from --class-size)")
+    srv.add_argument("--token", default=None,
+                     help="token every visitor must give (in the URL); off loopback one is generated and printed "
+                          "when not given")
+    srv.add_argument("--allow-host", action="append", metavar="NAME",
+                     help="a host name visitors use to reach the server, besides this machine's (repeatable)")
+    srv.add_argument("--workers", type=int, default=1,
+                     help="worker processes of the local Dask cluster: experiments trained at once, about 1 GiB "
+                          "each (default 1)")
+    srv.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="run jobs on this running Dask scheduler (tcp://HOST:PORT) instead of a local cluster; "
+                          "its workers must see the same --store folder")
+    srv.add_argument("--no-jobs", action="store_true", help="start no cluster (browsing only; the Builder cannot train)")
     srv.set_defaults(func=_cmd_serve)
     return p
 

@@ -88,6 +88,9 @@ def test_landing_links_every_experiment_and_escapes_names(store, small_experimen
     assert HOSTILE in page.text and "<script>alert" not in page.raw
     assert "/voila/render/gallery.ipynb?experiment=small" in page.links
     assert "/voila/render/gallery.ipynb?experiment=hostile" in page.links
+    assert "/signatures/report/small/report.html" in page.links, "every card links its static report"
+    browse = page.raw.split('sig-button-quiet" href="', 1)[1].split('"', 1)[0]
+    assert browse == "/voila/render/gallery.ipynb?experiment=hostile", "Browse opens the first stored experiment"
     accuracy = f"{small_experiment.metrics['accuracy']:.1%}"
     for fact in ("MNIST", "1, 7", "3, 4", "MLP 16-8 (relu)", accuracy):
         assert fact in html
@@ -96,16 +99,21 @@ def test_landing_links_every_experiment_and_escapes_names(store, small_experimen
 def test_landing_links_start_with_the_base_url(store):
     page = _Page(site.render_landing(site.experiment_summaries(store), base_url="/prefix/"))
     links = [link for link in page.links if not link.startswith("data:")]
-    assert {"/prefix/", "/prefix/voila/render/builder.ipynb", "/prefix/voila/render/gallery.ipynb"} <= set(links)
+    assert {"/prefix/", "/prefix/voila/render/builder.ipynb", "/prefix/voila/render/gallery.ipynb",
+            "/prefix/signatures/report/small/report.html"} <= set(links)
     assert all(link.startswith("/prefix/") for link in links), links
 
 
 def test_empty_store_says_how_to_build_experiments(tmp_path):
     assert site.experiment_summaries(tmp_path / "missing") == []
-    html = site.render_landing([], store=tmp_path)
-    assert "python -m signatures canonical" in html
-    assert str(tmp_path) in html
+    html = site.render_landing([], store=tmp_path / "my-runs")
+    assert "python -m signatures canonical --store my-runs" in html
+    assert str(tmp_path) not in html, "the page names the store, never its absolute path"
     assert "?experiment=" not in html
+    assert "sig-build" not in html and _Page(html).scripts == 0, "no build button without a cluster"
+    page = _Page(site.render_landing([], store=tmp_path / "my-runs", can_build=True, xsrf="t0k"))
+    assert page.scripts == 1 and 'id="sig-build"' in page.raw and 'name="_xsrf" value="t0k"' in page.raw
+    assert 'action="/signatures/api/canonical"' in page.raw and "Build the canonical experiments" in page.text
 
 
 def test_landing_and_stylesheet_fetch_nothing_from_the_internet(store):
@@ -174,34 +182,23 @@ def test_voila_args():
     args = site.voila_args()
     assert args[0] == str(site.notebooks_root())
     assert f"--MappingKernelManager.cull_idle_timeout={site.CULL_IDLE_S}" in args  # closed pages free their kernels
+    assert site.CULL_IDLE_S + site.CULL_INTERVAL_S <= 60, "a closed tab's kernel goes within a minute"
     for arg in ("--template=signatures", "--Voila.ip=127.0.0.1", "--port=8866", "--no-browser",
                 "--show_tracebacks=False", "--preheat_kernel=True", "--pool_size=1",
-                "--TagRemovePreprocessor.remove_cell_tags=skip-voila"):
+                "--TagRemovePreprocessor.remove_cell_tags=skip-voila", "--KernelManager.transport=ipc",
+                "--MappingKernelManager.cull_connected=False", "--SignaturesVoila.class_size=10",
+                "--VoilaConfiguration.multi_kernel_manager_class=signatures.app.server.SiteKernelManager"):
         assert arg in args
+    assert not any(a.startswith("--Voila.token") for a in args), "no token unless given"
     off = site.voila_args(pool_size=0, open_browser=True, extra_args=["--theme=dark"])
     assert "--preheat_kernel=False" in off and "--pool_size=0" in off and "--no-browser" not in off
     assert off[-1] == "--theme=dark"
     assert "--preheat_kernel=False" in site.voila_args(pool_size=3, preheat=False)
     assert "--Voila.ip=::1" in site.voila_args(address="::1")
     assert not any("kernel_pools_config" in a for a in off)  # no pools without preheating
-
-
-def test_pools_keep_more_gallery_kernels_and_voila_parses_them():
-    assert site.pool_sizes(1) == {"default": {"pool_size": 1}, "gallery.ipynb": {"pool_size": 2}}
-    assert site.pool_sizes(2, 5)["gallery.ipynb"] == {"pool_size": 5}
-    assert site.pool_sizes(-1, -3) == {"default": {"pool_size": 0}, "gallery.ipynb": {"pool_size": 0}}
-    app = site.SignaturesVoila()
-    app.parse_command_line(site.voila_args(pool_size=1, gallery_pool_size=4))
-    from traitlets import Dict
-    from traitlets.config import Configurable
-
-    class VoilaKernelManager(Configurable):  # resolves the option as Voilà's class of that name does
-        kernel_pools_config = Dict(config=True)
-
-    manager = VoilaKernelManager(config=app.config)
-    assert manager.kernel_pools_config["gallery.ipynb"] == {"pool_size": 4}
-    assert manager.kernel_pools_config["default"] == {"pool_size": 1}
-    assert app.config.VoilaConfiguration.extension_denylist == ["jupyterlab-plotly"]
+    given = site.voila_args(token="x" * 20, allow_hosts=["Class.Example.org"], class_size=30)
+    assert "--Voila.token=" + "x" * 20 in given and "--SignaturesVoila.allow_hosts=class.example.org" in given
+    assert "--pool_size=2" in given and any('"gallery.ipynb": {"pool_size": 4}' in a for a in given)
 
 
 def test_plotly_mime_extension_stays_when_the_site_draws_mime(monkeypatch):
@@ -236,7 +233,8 @@ def _get(url, timeout=60):
 def server(store, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    code = f"from signatures.app.server import serve; serve(port={port}, store={str(store)!r}, pool_size=0)"
+    code = (f"from signatures.app.server import serve; "
+            f"serve(port={port}, store={str(store)!r}, pool_size=0, jobs=False)")
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
