@@ -305,3 +305,70 @@ def test_the_kernel_cap_turns_the_next_visitor_away_and_a_closed_tab_frees_its_p
             break
         time.sleep(5)
     assert status == 200, f"kernel {second} of an unconnected page was not released within a minute"
+
+
+# ---------------------------------------------------------------------------------------
+# A fresh start without a terminal: the build button's jobs on the server's own cluster
+# ---------------------------------------------------------------------------------------
+
+
+def test_an_empty_store_builds_its_experiments_as_jobs_and_the_cluster_stops_with_the_server(tmp_path):
+    import psutil
+
+    from signatures.experiment import ExperimentConfig
+
+    configs = [ExperimentConfig(name=name, dataset="digits", digits=(1, 7), hidden=(8,), epochs=2, k_max=4,
+                                umap_points=200).to_dict() for name in ("tiny-a", "tiny-b")]
+    (tmp_path / "configs.json").write_text(json.dumps(configs))
+    store = tmp_path / "runs"
+    api = "/signatures/api/canonical"
+    with _server(tmp_path, store, jobs=True, workers=1,
+                 extra_args=[f"--SignaturesVoila.canonical_file={tmp_path / 'configs.json'}"]) as (port, log, proc):
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers, "the server started its Dask workers"
+        status, headers, html = _request(port, "/")
+        assert status == 200 and 'id="sig-build"' in html and f'action="{api}"' in html
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', html).group(1)
+        cookies = " ".join(headers.get_all("Set-Cookie") or [])
+        cookie = re.search(r"(_xsrf=[^;]+)", cookies).group(1)
+        guarded = {"Cookie": cookie, "X-XSRFToken": xsrf, "Content-Type": "application/json"}
+
+        status, _, body = _request(port, api, method="POST", body="{}")
+        assert status == 403, "a POST without the page's XSRF token (another site's form) is refused"
+        assert _request(port, api)[2] == json.dumps({"jobs": [], "done": True, "cluster": True})
+        for bad, words in [('{"only": ["nope"]}', "only must be a list of names from ['tiny-a', 'tiny-b']"),
+                           ('{"only": "tiny-a"}', "only must be a list of names"),
+                           ('{"names": []}', "the request body may hold only 'only'"),
+                           ("not json", "the request body must be JSON")]:
+            status, _, body = _request(port, api, method="POST", headers=guarded, body=bad)
+            assert status == 400 and words in json.loads(body)["message"], bad
+
+        status, _, body = _request(port, api, method="POST", headers=guarded, body="{}")
+        assert status == 200
+        first = json.loads(body)
+        assert [j["name"] for j in first["jobs"]] == ["tiny-a", "tiny-b"] and not first["done"]
+        second = first["jobs"][1]
+        assert second["state"] == "waiting" and second["position"] in (1, 2), "one worker: the second waits"
+        again = json.loads(_request(port, api, method="POST", headers=guarded, body="{}")[2])
+        assert [j["name"] for j in again["jobs"]] == ["tiny-a", "tiny-b"], "a second click starts nothing twice"
+
+        seen = set()
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            state = json.loads(_request(port, api)[2])
+            seen.update((j["name"], j["state"]) for j in state["jobs"])
+            if state["done"]:
+                break
+            time.sleep(1)
+        assert state["done"], state
+        assert [(j["name"], j["state"], j["message"]) for j in state["jobs"]] == [
+            ("tiny-a", "finished", "stored tiny-a"), ("tiny-b", "finished", "stored tiny-b")]
+        assert ("tiny-b", "running") in seen or ("tiny-a", "running") in seen
+
+        status, _, html = _request(port, "/")
+        assert 'id="sig-build"' not in html and "tiny-a" in html and "tiny-b" in html
+        assert 'href="/voila/render/gallery.ipynb?experiment=tiny-a">Browse the gallery' in html
+        status, _, report = _request(port, "/signatures/report/tiny-b/report.html")
+        assert status == 200 and report == (store / "tiny-b" / "report.html").read_text()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"the cluster's processes outlived the server: {alive}"
