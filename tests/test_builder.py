@@ -302,7 +302,7 @@ app.epochs.value = 2
 app.k_max.value = 4
 app.name.value = "from-a-kernel"
 job = app.run()
-status = app.status.value
+status = app.cluster_note.value
 exp = app.wait(600)
 app.close()
 print(json.dumps({"finished": exp is not None, "error": app.error.value, "status": status,

@@ -252,6 +252,7 @@ class BuilderApp:
                                       tooltip="Stop this run; nothing is saved",
                                       layout=W.Layout(display="none"))
         self.progress = W.FloatProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="420px"))
+        self.cluster_note = W.HTML()
         self.queue = W.HTML()
         self.status = W.HTML()
         self.error = W.HTML()
@@ -294,7 +295,7 @@ class BuilderApp:
             self.name, e["name"],
             e["other"],
             W.HBox([self.run_button, self.cancel_button, self.progress]),
-            self.queue, self.status, self.error,
+            self.cluster_note, self.queue, self.status, self.error,
         ])
         self.widget = W.VBox([form, self.scroll, self.results])
 
@@ -415,7 +416,7 @@ class BuilderApp:
             if address:
                 self.jobs = connect(address, timeout=10)
             else:
-                self.status.value = _status_html(
+                self.cluster_note.value = _status_html(
                     f"No Dask scheduler address is set ({SCHEDULER_ENV}), so this notebook starts its own "
                     "cluster of 1 worker; its first run also waits for it to load TensorFlow (about 30 s).")
                 self.jobs = start_cluster(n_workers=1)
