@@ -201,6 +201,24 @@ def test_voila_args():
     assert "--pool_size=2" in given and any('"gallery.ipynb": {"pool_size": 4}' in a for a in given)
 
 
+def test_pools_keep_more_gallery_kernels_and_voila_parses_them():
+    assert site.pool_sizes(1) == {"default": {"pool_size": 1}, "gallery.ipynb": {"pool_size": 2}}
+    assert site.pool_sizes(2, 5)["gallery.ipynb"] == {"pool_size": 5}
+    assert site.pool_sizes(-1, -3) == {"default": {"pool_size": 0}, "gallery.ipynb": {"pool_size": 0}}
+    app = site.SignaturesVoila()
+    app.parse_command_line(site.voila_args(pool_size=1, gallery_pool_size=4))
+    from traitlets import Dict
+    from traitlets.config import Configurable
+
+    class VoilaKernelManager(Configurable):  # resolves the option as Voilà's class of that name does
+        kernel_pools_config = Dict(config=True)
+
+    manager = VoilaKernelManager(config=app.config)
+    assert manager.kernel_pools_config["gallery.ipynb"] == {"pool_size": 4}
+    assert manager.kernel_pools_config["default"] == {"pool_size": 1}
+    assert app.config.VoilaConfiguration.extension_denylist == ["jupyterlab-plotly"]
+
+
 def test_plotly_mime_extension_stays_when_the_site_draws_mime(monkeypatch):
     monkeypatch.setenv("SIGNATURES_PLOTS", "mime")
     assert not any("extension_denylist" in a for a in site.voila_args())

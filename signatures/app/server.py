@@ -884,6 +884,26 @@ def pool_sizes(pool_size=1, gallery_pool_size=None):
     return {"default": {"pool_size": pool_size}, "gallery.ipynb": {"pool_size": gallery}}
 
 
+#: Longest path of a Unix socket (``sockaddr_un.sun_path``, less its final NUL).
+_SOCKET_PATH_MAX = 107
+
+
+def ipc_connection_root(candidates=None):
+    """A folder short enough for the kernels' IPC sockets, or None (then kernels use TCP).
+
+    Voilà puts each kernel's sockets at ``ROOT/voila_XXXXXXXX/kernel-<uuid>-ipc-N``, and a
+    Unix socket's path must fit in 107 characters. The system's temporary folder is tried
+    first, then ``/tmp``.
+    """
+    import tempfile
+
+    tail = len("/voila_XXXXXXXX/kernel-") + 36 + len("-ipc-99")
+    for root in candidates if candidates is not None else (tempfile.gettempdir(), "/tmp"):
+        if len(str(root)) + tail <= _SOCKET_PATH_MAX and os.path.isdir(root) and os.access(root, os.W_OK):
+            return str(root)
+    return None
+
+
 def voila_args(*, port=8866, address="127.0.0.1", class_size=DEFAULT_CLASS_SIZE, pool_size=None,
                gallery_pool_size=None, preheat=True, token=None, allow_hosts=(), open_browser=False, extra_args=()):
     """The command line :func:`serve` gives :class:`SignaturesVoila`.
@@ -935,14 +955,16 @@ def voila_args(*, port=8866, address="127.0.0.1", class_size=DEFAULT_CLASS_SIZE,
         f"--pool_size={pool_size if preheat else 0}",
         f"--SignaturesVoila.class_size={int(class_size)}",
         "--VoilaConfiguration.multi_kernel_manager_class=signatures.app.server.SiteKernelManager",
-        # Kernels and server talk over IPC sockets in the connection folder: no TCP port to race for.
-        "--KernelManager.transport=ipc",
         # Kernels no page is connected to (closed tabs whose close request was lost) go within a
         # minute; connected pages and the preheated pool are kept.
         f"--MappingKernelManager.cull_idle_timeout={CULL_IDLE_S}",
         f"--MappingKernelManager.cull_interval={CULL_INTERVAL_S}",
         "--MappingKernelManager.cull_connected=False",
     ]
+    ipc_root = ipc_connection_root()
+    if ipc_root is not None:
+        # Kernels and server talk over IPC sockets in the connection folder: no TCP port to race for.
+        args += ["--KernelManager.transport=ipc", f"--Voila.connection_dir_root={ipc_root}"]
     for name in allow_hosts:
         args.append(f"--SignaturesVoila.allow_hosts={check_host_name(name)}")
     if token is not None:
