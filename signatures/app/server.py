@@ -1027,6 +1027,11 @@ def serve(*, port=8866, address="127.0.0.1", store="runs", data_dir=None, class_
                       open_browser=open_browser, extra_args=extra_args, **limits_args)
     from .jobs import SCHEDULER_ENV
 
+    if jobs and scheduler:
+        from .jobs import connect
+
+        # Before anything is set or started: answers, or ConnectionError naming the address.
+        connect(scheduler, warm=warm, timeout=10).client.close()
     paths = [str(template_root())] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
     os.environ["JUPYTER_PATH"] = os.pathsep.join(dict.fromkeys(paths))
     os.environ[STORE_ENV] = str(Path(store).expanduser().resolve())
@@ -1036,9 +1041,6 @@ def serve(*, port=8866, address="127.0.0.1", store="runs", data_dir=None, class_
     os.environ["VOILA_APP_IP"] = _url_host(address)
     cluster = None
     if jobs and scheduler:
-        from .jobs import connect
-
-        connect(scheduler, warm=warm).client.close()  # answers, or ConnectionError naming the address
         os.environ[SCHEDULER_ENV] = scheduler
     elif jobs:
         from .jobs import start_cluster
