@@ -8,7 +8,6 @@ console errors fail the tests; only known harmless offline ones are filtered.
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,7 +42,27 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def site(small_experiment, tmp_path_factory):
+def cluster():
+    """The Dask cluster of the site's jobs (one worker), started here so that a test can fill its queue."""
+    from signatures.app.jobs import start_cluster
+
+    jobs = start_cluster(n_workers=1)
+    yield jobs
+    jobs.close()
+
+
+def _serve_command(port, store, scheduler):
+    command = [sys.executable, "-m", "signatures", "serve", "--port", str(port), "--store", str(store),
+               "--pool-size", "1"]
+    usage = subprocess.run([sys.executable, "-m", "signatures", "serve", "--help"], capture_output=True,
+                           text=True, timeout=120).stdout
+    if "--scheduler" in usage:  # else the kernels find the scheduler in $SIGNATURES_SCHEDULER
+        command += ["--scheduler", scheduler]
+    return command
+
+
+@pytest.fixture(scope="module")
+def site(small_experiment, cluster, tmp_path_factory):
     from signatures.store import save_experiment
 
     store = tmp_path_factory.mktemp("site-store")
@@ -51,9 +70,9 @@ def site(small_experiment, tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("site-log") / "serve.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "signatures", "serve", "--port", str(port), "--store", str(store),
-         "--pool-size", "1"],
+        _serve_command(port, store, cluster.address),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "SIGNATURES_SCHEDULER": cluster.address},
     )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -152,8 +171,9 @@ def test_builder_runs_and_switches_layers(site, page):
 def test_builder_single_digit_shows_the_error(site, page):
     page.goto(site["url"] + "voila/render/builder.ipynb", timeout=240_000)  # waits for the warm kernel
     page.wait_for_selector("button:has-text('Run')", timeout=180_000)
-    row = page.locator(".widget-hbox", has=page.locator(".widget-label", has_text="Train on digits"))
-    row.locator("button", has_text=re.compile(r"^7$")).click()
+    row = page.locator(".sig-toggles", has_text="Train on digits")
+    row.locator("button[data-value='7']").click()
+    assert row.locator("button[aria-pressed=true]").all_text_contents() == ["\u2713 1"]
     page.click("button:has-text('Run')")
     page.wait_for_selector(".sig-error", timeout=30_000)
     assert "train on at least 2 digits" in page.inner_text("body")
@@ -210,5 +230,50 @@ def test_gallery_draws_each_plot_once_and_below_the_fold_only_when_scrolled_to(s
     finally:
         SHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SHOTS / "gallery_first_screen.png"))
+        context.close()
+    assert [e for e in errors if not any(p.search(e) for p in HARMLESS)] == []
+
+
+def test_builder_queued_run_shows_its_place_then_progress_then_scrolls_to_the_results(site, cluster, browser,
+                                                                                      tmp_path):
+    from signatures.experiment import ExperimentConfig
+
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    # Every real MNIST 1 and 7 of the test set for 150 epochs: the one worker is busy for minutes.
+    blocker = cluster.submit(ExperimentConfig(name="blocker", dataset="mnist", digits=(1, 7), hidden=(8,), epochs=150,
+                                              data_dir=os.environ.get("SIGNATURES_DATA_DIR")), tmp_path)
+    try:
+        page.goto(site["url"] + "voila/render/builder.ipynb", timeout=240_000)
+        page.wait_for_selector("button:has-text('Run')", timeout=180_000)
+        digits = page.locator(".sig-toggles", has_text="Train on digits")
+        assert digits.locator("button[aria-pressed=true]").all_text_contents() == ["\u2713 1", "\u2713 7"]
+        assert digits.locator("button[aria-pressed=false]").count() == 8
+        pressed, unpressed = (digits.locator(f"button[data-value='{v}']").evaluate(
+            "b => getComputedStyle(b).backgroundColor") for v in (1, 2))
+        assert pressed != unpressed  # chosen ones read in colour too
+        page.select_option(".widget-dropdown:has-text('Dataset') select", label="scikit-learn 8x8 digits")
+        page.fill(".widget-text:has-text('Dense hidden sizes') input", "8")
+        page.fill(".widget-inline-hbox:has-text('Epochs') input", "2")
+        page.fill(".widget-text:has-text('K to') input", "4")
+        page.fill(".widget-text:has-text('Experiment name') input", "queued-in-browser")
+        page.click("button:has-text('Run')")
+        page.wait_for_selector(".sig-status:has-text('next in the queue')", timeout=60_000)
+        assert page.locator("button:has-text('Cancel')").is_visible()
+        assert page.locator("button:has-text('Run')").is_disabled()
+        blocker.cancel()
+        page.wait_for_selector(".sig-status:has-text('training')", timeout=180_000)
+        page.wait_for_selector(".js-plotly-plot .sankey", timeout=240_000)
+        assert "saved as 'queued-in-browser'" in page.inner_text(".sig-status")
+        page.wait_for_timeout(1500)  # the smooth scroll ends
+        top = page.locator(".sig-scroll-anchor").evaluate("a => a.getBoundingClientRect().top")
+        assert 0 <= top < 300, top  # the results were scrolled into view
+        assert page.locator("button:has-text('Run')").is_enabled()
+        assert (site["store"] / "queued-in-browser" / "manifest.json").is_file()
+    finally:
+        SHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SHOTS / "builder_queued_run.png"))
         context.close()
     assert [e for e in errors if not any(p.search(e) for p in HARMLESS)] == []
