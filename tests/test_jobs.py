@@ -10,7 +10,7 @@ from signatures.experiment import ExperimentConfig
 from signatures.store import list_experiments, read_manifest
 
 #: Pipeline stages in the order a job reports them.
-ORDER = ["started", "loading", "startup", "training", "extraction", "evaluation", "clustering", "projection",
+ORDER = ["warming", "started", "loading", "startup", "training", "extraction", "evaluation", "clustering", "projection",
          "saving", "analysis", "done"]
 
 

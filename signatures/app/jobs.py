@@ -94,15 +94,22 @@ class WarmUp(_worker_plugin_base()):
             threading.Thread(target=_warm_up, name="signatures-warm-up", daemon=True).start()
 
 
-def run_job(config_dict, store, *, job_id, overwrite=False):
+def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
     """Carry out one experiment on a Dask worker and store it; returns a small summary dict.
 
     Progress goes out as Dask events on the topic ``job_id``: dicts with ``seq`` (0, 1, ...),
     ``stage``, ``fraction``, ``message`` and ``time``. A set cancel event (``job_id + "-cancel"``)
     stops the job at its next progress step with :class:`JobCancelled`; nothing is stored.
+    Once the experiment is saved the job no longer stops: it finishes its analysis and
+    report, so a stored experiment is always whole. ``words`` names the fields in messages
+    as the submitting page does (see :meth:`ExperimentConfig.problems`).
     """
     from distributed import Event, get_worker
 
+    seq = iter(range(1 << 62))
+    if _WARMING.locked():
+        get_worker().log_event(job_id, {"seq": next(seq), "stage": "warming", "fraction": 0.0, "time": time.time(),
+                                        "message": "the worker is still loading TensorFlow and compiling UMAP"})
     with _WARMING:  # waits for a warm-up still under way
         pass
     from ..analysis import load_or_analyze
@@ -113,11 +120,11 @@ def run_job(config_dict, store, *, job_id, overwrite=False):
     worker = get_worker()
     cancel = Event(f"{job_id}-cancel")
     last_check = [0.0]
-    seq = iter(range(1 << 62))
+    cancellable = [True]
 
     def say(stage, fraction, message):
         now = time.time()
-        if now - last_check[0] > 0.5:
+        if cancellable[0] and now - last_check[0] > 0.5:
             last_check[0] = now
             if cancel.is_set():
                 raise JobCancelled(f"job {job_id} was cancelled")
@@ -128,11 +135,12 @@ def run_job(config_dict, store, *, job_id, overwrite=False):
     try:
         start = time.perf_counter()
         say("started", 0.0, f"started on worker {worker.name}")
-        config = ExperimentConfig.from_dict(config_dict).validate()
+        config = ExperimentConfig.from_dict(config_dict).validate(words=words)
         path = experiment_path(store, config.name)
         check_output(path, overwrite=overwrite)
-        exp = run_experiment(config, progress=say)
+        exp = run_experiment(config, progress=say, words=words)
         say("saving", 0.0, f"saving to the store as {path.name}")
+        cancellable[0] = False
         save_experiment(exp, path, overwrite=overwrite)
         say("analysis", 0.0, "answering the three questions")
         analysis = load_or_analyze(exp, path)
@@ -238,19 +246,20 @@ class JobClient:
     def n_workers(self):
         return len(self.client.scheduler_info(n_workers=-1)["workers"])
 
-    def submit(self, config, store, *, overwrite=False):
+    def submit(self, config, store, *, overwrite=False, words=None):
         """Queue one experiment; returns its :class:`Job` at once.
 
         ``config`` is checked here, before it is queued (ValueError naming the bad field);
-        ``store`` is the folder the worker saves into.
+        ``store`` is the folder the worker saves into; ``words`` names fields in messages as
+        the caller's page or options do.
         """
         from ..store import check_name
 
-        config = replace(config).validate()
+        config = replace(config).validate(words=words)
         check_name(config.name)
         job_id = f"{JOB_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:6]}-{config.name}"
         future = self.client.submit(run_job, config.to_dict(), str(Path(store).resolve()), job_id=job_id,
-                                    overwrite=overwrite, key=job_id, pure=False, retries=0)
+                                    overwrite=overwrite, words=words, key=job_id, pure=False, retries=0)
         return Job(self, job_id, config.name, future)
 
     def queue(self):
