@@ -632,9 +632,11 @@ def one_run(n, store, experiment, logdir, args, options):
         after = tree_rss_mb(server.proc.pid)
         log = server.log_text()
     finally:
-        if sampler is not None:
-            sampler.stop()
-        server.stop()
+        try:
+            if sampler is not None:
+                sampler.stop()
+        finally:
+            server.stop()  # always, whatever failed above
     ok = [v for v in visits if v.outcome == "ok"]
     full = [v for v in visits if v.outcome == "full"]
     bad = [v for v in visits if v.outcome in ("failed", "timeout")]
@@ -722,6 +724,11 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--logdir", type=Path, help="where the servers' logs go (default: beside --out, load-logs/)")
     args = p.parse_args(argv)
+
+    def on_term(signum, frame):  # SIGTERM (and SIGINT when ignored in the background) stop the run cleanly
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
     bad = [n for n in args.visitors if not 1 <= n <= MAX_VISITORS]
     if bad:
         p.error(f"--visitors must be whole numbers from 1 to {MAX_VISITORS}, got {bad}")
