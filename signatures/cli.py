@@ -257,7 +257,9 @@ def _cmd_canonical(args):
     except JobsInterrupted as exc:
         for name, what in exc.outcome.items():
             print(f"{name:<32} {what}")
-        print("stopped: the unfinished jobs were cancelled; the others are stored", file=sys.stderr)
+        stored = [name for name, what in exc.outcome.items() if not what.startswith("not built")]
+        print(f"stopped: the unfinished jobs were cancelled; stored: {', '.join(stored) or 'none'}; "
+              "run the same command again to build the rest", file=sys.stderr)
         raise
     for name, what in outcome.items():
         print(f"{name:<32} {what}")
