@@ -196,6 +196,10 @@ def test_off_loopback_a_token_is_generated_and_required(store, tmp_path):
         status, _, body = _request(port, "/signatures/report/small/report.html", headers=auth)
         assert status == 200 and body == (store / "small" / "report.html").read_text()
 
+        # Without a cluster (jobs=False) the build API says so, in words, and starts nothing.
+        status, _, body = _request(port, "/signatures/api/canonical", method="POST", headers=auth, body="{}")
+        assert status == 503 and "no Dask cluster for jobs" in json.loads(body)["message"]
+
         # The token does not open the server to a foreign Host name.
         status, _, body = _request(port, f"/?token={token}", host="attacker.example")
         assert status == 403 and "--allow-host" in body
