@@ -30,11 +30,13 @@ import contextlib
 import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from .experiment import ExperimentConfig
 
-__all__ = ["CANONICAL", "MAX_WORKERS", "JobsInterrupted", "default_workers", "check_cluster_options", "open_jobs",
-           "follow_jobs", "stored_outcome", "what_is_stored", "submit_canonical", "build_canonical"]
+__all__ = ["CANONICAL", "MAX_WORKERS", "JobsInterrupted", "absolute_data_dir", "default_workers",
+           "check_cluster_options", "open_jobs", "follow_jobs", "stored_outcome", "what_is_stored", "submit_canonical",
+           "build_canonical"]
 
 CANONICAL = (
     ExperimentConfig(name="1v7-mlp", dataset="mnist", digits=(1, 7), anomalies=(3, 4), hidden=(64, 32)),
@@ -71,6 +73,13 @@ class JobsInterrupted(KeyboardInterrupt):
 # ---------------------------------------------------------------------------------------
 # The cluster and the jobs
 # ---------------------------------------------------------------------------------------
+
+
+def absolute_data_dir(data_dir):
+    """Relative data folders (``"data:../fashion"``) made absolute, so that workers started elsewhere find them."""
+    if not isinstance(data_dir, str) or not data_dir.strip():
+        return data_dir
+    return ":".join(str(Path(part).expanduser().resolve()) for part in data_dir.split(":") if part)
 
 
 def default_workers():
@@ -296,7 +305,7 @@ def _plan(store, *, only, overwrite, data_dir):
         except (ValueError, StoreError) as exc:
             plan[base.name] = f"not built: {exc}"
             continue
-        plan[base.name] = replace(base, all_unseen=True, data_dir=data_dir)
+        plan[base.name] = replace(base, all_unseen=True, data_dir=absolute_data_dir(data_dir))
     return plan
 
 

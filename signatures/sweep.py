@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .canonical import (CANCELLED, JobsInterrupted, check_cluster_options, follow_jobs, open_jobs, stored_outcome,
-                        what_is_stored)
+from .canonical import (CANCELLED, JobsInterrupted, absolute_data_dir, check_cluster_options, follow_jobs,
+                        open_jobs, stored_outcome, what_is_stored)
 from .experiment import FIELD_WORDS, ExperimentConfig
 
 __all__ = ["GRID_FIELDS", "MAX_POINTS", "SweepError", "plan_sweep", "run_sweep", "cluster_agreement", "summarize",
@@ -332,8 +332,8 @@ def summarize(store, configs, *, axes, outcome):
     -------
     dict
         ``grid`` (field -> its values, normalised); ``points``: per point ``name``, ``params``
-        (its grid values), ``outcome``, ``stored``, and for a stored one ``accuracy``, ``k`` (layer -> K), ``first_layer``
-        (the first separating layer, or None), ``purity`` (share of inputs on a path whose
+        (its grid values), ``outcome``, ``stored``, and for a stored one ``accuracy``, ``k``
+        (layer -> K), ``first_layer`` (the first separating layer, or None), ``purity`` (share of inputs on a path whose
         majority is their class) and ``dominant_share`` (class -> share of the class on its
         dominant path); ``stability``: per group of stored points that differ only in the seed
         (two or more), ``params``, ``seeds``, ``names``, ``accuracy_mean``,
@@ -532,19 +532,12 @@ def add_sweep_command(sub):
     return s
 
 
-def _absolute(data_dir):
-    """Relative data folders made absolute, so that workers started elsewhere find them."""
-    if data_dir is None or not data_dir.strip():
-        return data_dir
-    return ":".join(str(Path(part).expanduser().resolve()) for part in data_dir.split(":") if part)
-
-
 def _base_and_grid(args):
     base = ExperimentConfig(
         name=args.name, dataset=args.dataset, digits=tuple(args.digits), anomalies=tuple(args.anomalies),
         all_unseen=args.all_unseen, test_size=args.test_size, batch_size=args.batch_size, k_min=args.k_min,
         k_max=args.k_max, sample_size=args.sample_size, umap_points=args.umap_points, reduce=args.reduce,
-        data_dir=_absolute(args.data_dir),
+        data_dir=absolute_data_dir(args.data_dir),
     )
     grid = {}
     for field in GRID_FIELDS:

@@ -293,3 +293,24 @@ def test_ctrl_c_cancels_the_jobs_and_says_what_is_stored(jobs, tmp_path, capsys,
     while jobs.queue() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert jobs.queue() == [], "no job is left running or waiting"
+
+
+def test_relative_data_folders_are_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert canonical.absolute_data_dir("data:../fashion") == f"{tmp_path / 'data'}:{tmp_path.parent / 'fashion'}"
+    assert canonical.absolute_data_dir("/abs/mnist") == "/abs/mnist"
+    assert canonical.absolute_data_dir(None) is None
+    args = sweep_parser_args(["--name", "d", "--seeds", "0", "--data-dir", "mnist"])
+    assert sweep._base_and_grid(args)[0].data_dir == str(tmp_path / "mnist")
+
+
+def sweep_parser_args(argv):
+    from signatures.cli import build_parser
+
+    return build_parser().parse_args(["sweep", *argv])
+
+
+def test_a_cnn_sweep_takes_the_cnn_default_dense_size():
+    base, grid = sweep._base_and_grid(sweep_parser_args(["--name", "c", "--arch", "cnn", "--seeds", "0", "1"]))
+    assert base.hidden == (32,) and grid == {"arch": ["cnn"], "seed": [0, 1]}
+    assert [c.name for c in plan_sweep(base, grid)] == ["c-s0", "c-s1"]
