@@ -50,6 +50,9 @@ CANONICAL = (
 #: Most workers of a local cluster (each holds TensorFlow, about 1 GiB).
 MAX_WORKERS = 64
 
+#: Seconds to wait for a given scheduler to answer.
+CONNECT_TIMEOUT = 10
+
 #: Outcome of a job cancelled before its experiment was stored.
 CANCELLED = "not built: cancelled"
 
@@ -126,7 +129,8 @@ def open_jobs(*, workers=None, scheduler=None, jobs=None):
 
     ``jobs``, if given, is used as is and left open; else a running ``scheduler`` is joined,
     else a local cluster of ``workers`` worker processes is started (and closed at the end).
-    Raises ValueError naming a bad option (see :func:`check_cluster_options`).
+    Raises ValueError naming a bad option (see :func:`check_cluster_options`), or a
+    scheduler that does not answer within :data:`CONNECT_TIMEOUT` seconds.
     """
     if jobs is not None:
         yield jobs
@@ -136,8 +140,13 @@ def open_jobs(*, workers=None, scheduler=None, jobs=None):
         raise ValueError(problems[0])
     from .app.jobs import connect, start_cluster
 
-    client = connect(scheduler.strip()) if scheduler is not None else start_cluster(
-        n_workers=workers if workers is not None else default_workers())
+    if scheduler is not None:
+        try:
+            client = connect(scheduler.strip(), timeout=CONNECT_TIMEOUT)
+        except (ConnectionError, TimeoutError) as exc:  # an address nothing answers at: the user's value
+            raise ValueError(str(exc)) from None
+    else:
+        client = start_cluster(n_workers=workers if workers is not None else default_workers())
     try:
         yield client
     finally:

@@ -150,3 +150,10 @@ def test_ctrl_c_cancels_the_build(jobs, tmp_path, capsys, monkeypatch):
     assert all(v.startswith("not built: cancelled") for v in lines.values()), lines
     assert "the unfinished jobs were cancelled; stored: none;" in captured.err
     assert captured.err.rstrip().endswith("interrupted")
+
+
+def test_a_scheduler_that_does_not_answer_is_named(tmp_path, capsys):
+    assert main(["canonical", "--store", str(tmp_path), "--only", "tiny-17", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "no Dask scheduler answers at 'tcp://127.0.0.1:9'" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
