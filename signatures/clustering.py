@@ -1,4 +1,16 @@
-"""Per-layer k-means with K chosen by silhouette score.
+"""Per-layer k-means with K chosen by silhouette score (or another criterion).
+
+Criteria for K (``criterion=``)
+    ``"silhouette"`` (the design's default): the K of the best silhouette, as below.
+    ``"classes"``: the best silhouette among K >= the number of classes (``fit(X, y)``), so
+    that every class can have a cluster of its own.
+    ``"faithfulness"``: the K whose clusters best predict the model's output (``fit(X, y)``
+    with ``y`` the predicted class): each cluster predicts its most common class, and the
+    share predicted right is measured on the half of the sample the vote did not see
+    (two-fold, seeded); the smallest K within ``FAITHFUL_MARGIN`` (0.005) of the best wins,
+    since more clusters never hurt this measure much.
+    ``"fixed"``: ``k`` clusters.
+    ``criterion_scores_`` holds the curve the choice was made on (K -> score).
 
 Choosing K
     For each K in ``k_range``, k-means is fitted on a seeded random sample of at most
@@ -47,9 +59,14 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 
-__all__ = ["check_k_range", "silhouette_sweep", "select_k", "LayerKMeans", "cluster_layers"]
+__all__ = ["check_k_range", "silhouette_sweep", "faithfulness_sweep", "select_k", "LayerKMeans", "cluster_layers",
+           "CRITERIA"]
 
 DEFAULT_K_RANGE = range(2, 11)
+#: Ways to choose K (see the module notes).
+CRITERIA = ("silhouette", "classes", "faithfulness", "fixed")
+#: Faithfulness within this of the best counts as a tie; the smallest such K wins.
+FAITHFUL_MARGIN = 0.005
 
 
 def check_k_range(k_range, n_samples=None):
@@ -159,6 +176,50 @@ def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, 
     return scores
 
 
+def faithfulness_sweep(X, y, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, n_threads=1):
+    """How well each K's clusters predict ``y`` (the model's output), on held-apart halves.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples,)
+        The class each row is predicted as.
+
+    Returns
+    -------
+    dict[int, float]
+        K -> share of rows whose class is their cluster's majority class, the majority
+        taken on the other half of the sample (two-fold, seeded).
+    """
+    X = _check_X(X)
+    y = np.asarray(y)
+    if len(y) != len(X):
+        raise ValueError(f"y must give one class per row: {len(y)} for {len(X)} rows")
+    rng = np.random.default_rng(random_state)
+    rows = np.arange(len(X))
+    if sample_size is not None and len(X) > sample_size:
+        rows = np.sort(rng.choice(len(X), size=sample_size, replace=False))
+    Xs, ys = X[rows], y[rows]
+    half = rng.permutation(len(rows)) % 2 == 0
+    scores = {}
+    for k in check_k_range(k_range, len(Xs)):
+        with warnings.catch_warnings(), threadpool_limits(limits=n_threads, user_api="openmp"):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = _kmeans(k, n_init, random_state).fit_predict(Xs)
+        right = 0
+        for fit, test in ((half, ~half), (~half, half)):
+            vote = {}
+            for c in np.unique(labels[fit]):
+                values, counts = np.unique(ys[fit & (labels == c)], return_counts=True)
+                vote[c] = values[np.argmax(counts)]
+            fallback = np.unique(ys[fit], return_counts=True)
+            fallback = fallback[0][np.argmax(fallback[1])]
+            guess = np.array([vote.get(c, fallback) for c in labels[test]])
+            right += int((guess == ys[test]).sum())
+        scores[k] = right / len(ys)
+    return scores
+
+
 def _best_k(scores):
     finite = {k: s for k, s in scores.items() if np.isfinite(s)}
     if not finite:
@@ -193,6 +254,10 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
     random_state : int, default 0
     n_threads : int or None, default 1
         OpenMP threads for k-means (see the module notes); ``None`` for all cores.
+    criterion : {"silhouette", "classes", "faithfulness", "fixed"}, default "silhouette"
+        How K is chosen (see the module notes).
+    k : int, optional
+        The number of clusters for ``criterion="fixed"``.
 
     Attributes
     ----------
@@ -202,24 +267,77 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
     centers_ : ndarray of shape (k_, n_features)
     silhouette_scores_ : dict[int, float]
         K -> silhouette score; empty for a constant layer.
+    criterion_ : str
+        How K was chosen (see the module notes).
+    criterion_scores_ : dict[int, float]
+        The curve K was chosen on (the silhouette, or the faithfulness); empty for a fixed K.
     status_ : {"ok", "constant", "few-distinct"}
     note_ : str
         What happened, in words, when ``status_`` is not ``"ok"`` or when fewer distinct
         rows than the largest K cut the K range short; empty otherwise.
     """
 
-    def __init__(self, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, n_threads=1):
+    def __init__(self, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, n_threads=1,
+                 criterion="silhouette", k=None):
         self.k_range = k_range
         self.sample_size = sample_size
         self.n_init = n_init
         self.random_state = random_state
         self.n_threads = n_threads
+        self.criterion = criterion
+        self.k = k
+
+    def _check_criterion(self, y, n_rows):
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"the K criterion must be one of {list(CRITERIA)}, got {self.criterion!r}")
+        if self.criterion in ("classes", "faithfulness"):
+            if y is None:
+                raise ValueError(f"the K criterion {self.criterion!r} needs the class of every row: fit(X, y)")
+            if len(y) != n_rows:
+                raise ValueError(f"y must give one class per row: {len(y)} for {n_rows} rows")
+        if self.criterion == "fixed":
+            k = self.k
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < n_rows:
+                raise ValueError(f"a fixed K must be a whole number from 1 to {n_rows - 1}, got {k!r}")
+
+    def _choose(self, X, y, usable):
+        """The K the criterion picks among ``usable``, and the curve it picked it on."""
+        options = dict(sample_size=self.sample_size, n_init=self.n_init, random_state=self.random_state,
+                       n_threads=self.n_threads)
+        if self.criterion == "fixed":
+            k = min(int(self.k), usable[-1])
+            if k < int(self.k):
+                self.note_ = f"only {usable[-1]} distinct activation vectors: fixed K = {self.k} cut to {k}"
+            return k, {}
+        if self.criterion == "faithfulness":
+            curve = faithfulness_sweep(X, y, k_range=usable, **options)
+            best = max(curve.values())
+            return min(k for k, v in curve.items() if v >= best - FAITHFUL_MARGIN), curve
+        if self.criterion == "classes":
+            n_classes = len(np.unique(y))
+            wanted = [k for k in usable if k >= n_classes]
+            if not wanted:
+                wanted = [usable[-1]]
+                self.note_ = (f"K range ends at {usable[-1]}, below the {n_classes} classes: K = {usable[-1]}")
+            usable = wanted
+        self.silhouette_scores_ = silhouette_sweep(X, k_range=usable, **options)
+        return _best_k(self.silhouette_scores_) or usable[0], dict(self.silhouette_scores_)
 
     def fit(self, X, y=None):
-        """Choose K and fit k-means on all rows of ``X`` (n_samples, n_features)."""
+        """Choose K and fit k-means on all rows of ``X`` (n_samples, n_features).
+
+        ``y`` (the class of each row) is needed by the ``"classes"`` and ``"faithfulness"``
+        criteria and ignored otherwise.
+        """
         X = _check_X(X)
         ks = check_k_range(self.k_range, len(X))
         _check_options(self.sample_size, self.n_init, self.random_state, self.n_threads)
+        y = None if y is None else np.asarray(y)
+        self._check_criterion(y, len(X))
+        if self.criterion == "fixed":
+            ks = tuple(sorted(set(ks) | {int(self.k)})) if self.k >= 2 else ks
+        self.criterion_ = self.criterion
+        self.criterion_scores_ = {}
         distinct, inverse = np.unique(X, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         self.silhouette_scores_ = {}
@@ -242,11 +360,11 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
             return self
         if len(usable) < len(ks):
             self.note_ = f"only {len(distinct)} distinct activation vectors: K limited to {usable[-1]}"
-        self.silhouette_scores_ = silhouette_sweep(
-            X, k_range=usable, sample_size=self.sample_size, n_init=self.n_init, random_state=self.random_state,
-            n_threads=self.n_threads,
-        )
-        k = _best_k(self.silhouette_scores_) or usable[0]
+        k, self.criterion_scores_ = self._choose(X, y, usable)
+        if k == 1:
+            self.k_, self.centers_ = 1, X.mean(axis=0, keepdims=True)
+            self.labels_ = np.zeros(len(X), dtype=np.int64)
+            return self
         if k == len(distinct):
             self._fit_distinct(distinct, inverse)
             return self
@@ -300,6 +418,8 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
             },
             "k": self.k_,
             "silhouette_scores": {str(k): v for k, v in self.silhouette_scores_.items()},
+            "criterion": getattr(self, "criterion_", self.criterion),
+            "criterion_scores": {str(k): v for k, v in getattr(self, "criterion_scores_", {}).items()},
             "status": self.status_,
             "note": self.note_,
         }
@@ -312,20 +432,26 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
         est.silhouette_scores_ = {int(k): float(v) for k, v in state["silhouette_scores"].items()}
         est.status_ = state["status"]
         est.note_ = state["note"]
+        est.criterion_ = state.get("criterion", "silhouette")
+        est.criterion_scores_ = {int(k): float(v) for k, v in state.get(
+            "criterion_scores", state["silhouette_scores"]).items()}
         est.centers_ = np.asarray(centers, dtype=np.float64)
         if labels is not None:
             est.labels_ = np.asarray(labels, dtype=np.int64)
         return est
 
 
-def cluster_layers(hidden, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, progress=None):
+def cluster_layers(hidden, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, progress=None,
+                   criterion="silhouette", k=None, y=None):
     """Fit one :class:`LayerKMeans` per layer.
 
     Parameters
     ----------
     hidden : dict[str, ndarray of shape (n_samples, n_units)]
-    k_range, sample_size, n_init, random_state
+    k_range, sample_size, n_init, random_state, criterion, k
         As for :class:`LayerKMeans`.
+    y : ndarray of shape (n_samples,), optional
+        The class of every row, for the ``"classes"`` and ``"faithfulness"`` criteria.
     progress : callable, optional
         ``progress(stage, fraction, message)`` after each layer.
 
@@ -338,9 +464,10 @@ def cluster_layers(hidden, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=
     if not names:
         raise ValueError("hidden must hold at least one layer's activations, got none")
     for i, name in enumerate(names, start=1):
-        est = LayerKMeans(k_range=k_range, sample_size=sample_size, n_init=n_init, random_state=random_state)
+        est = LayerKMeans(k_range=k_range, sample_size=sample_size, n_init=n_init, random_state=random_state,
+                          criterion=criterion, k=k)
         try:
-            out[name] = est.fit(hidden[name])
+            out[name] = est.fit(hidden[name], y)
         except ValueError as exc:
             raise ValueError(f"layer {name!r}: {exc}") from None
         if progress:

@@ -74,6 +74,8 @@ FIELD_WORDS = {
     "k_min": "smallest K",
     "k_max": "largest K",
     "k_range": "K range",
+    "k_criterion": "K criterion",
+    "k_fixed": "fixed K",
     "sample_size": "sample size",
     "umap_points": "UMAP points",
     "reduce": "reduce",
@@ -124,6 +126,12 @@ class ExperimentConfig:
     k_min, k_max : int
         K range of the silhouette search, inclusive, 2 .. :data:`MAX_K`; ``k_max`` must be
         below the number of training rows.
+    k_criterion : {"silhouette", "classes", "faithfulness", "fixed"}
+        How K is chosen per layer (see :mod:`signatures.clustering`): the best silhouette
+        (default), the best silhouette with at least as many clusters as classes, the K whose
+        clusters best predict the model's output, or ``k_fixed``.
+    k_fixed : int or None
+        The K of ``k_criterion="fixed"``, 1 .. :data:`MAX_K`.
     sample_size : int
         Rows used to choose K per layer, ``k_max + 1`` .. :data:`MAX_SAMPLE_SIZE`.
     umap_points : int
@@ -155,6 +163,8 @@ class ExperimentConfig:
     batch_size: int = 64
     k_min: int = 2
     k_max: int = 10
+    k_criterion: str = "silhouette"
+    k_fixed: int | None = None
     sample_size: int = 2000
     umap_points: int = 3000
     reduce: str = "mean"
@@ -239,6 +249,19 @@ class ExperimentConfig:
         if self.k_min > self.k_max:
             raise ValueError(f"{w['k_range']} is inverted: {w['k_min']} = {self.k_min} > {w['k_max']} = {self.k_max}")
 
+    def _check_k_criterion(self, w):
+        from .clustering import CRITERIA
+
+        if not isinstance(self.k_criterion, str) or self.k_criterion not in CRITERIA:
+            raise ValueError(f"{w['k_criterion']} must be one of {list(CRITERIA)}, got {self.k_criterion!r}")
+        if self.k_criterion == "fixed":
+            if self.k_fixed is None:
+                raise ValueError(f"{w['k_criterion']} 'fixed' needs {w['k_fixed']} (1 .. {MAX_K})")
+            self.k_fixed = check_int(self.k_fixed, w["k_fixed"], low=1, high=MAX_K)
+        elif self.k_fixed is not None:
+            raise ValueError(f"{w['k_fixed']} = {self.k_fixed!r} is used only with {w['k_criterion']} 'fixed', "
+                             f"not {self.k_criterion!r}")
+
     def _check_sample_size(self, w):
         self.sample_size = check_int(self.sample_size, w["sample_size"], low=3, high=MAX_SAMPLE_SIZE)
 
@@ -281,7 +304,8 @@ class ExperimentConfig:
         ("all_unseen", "_check_all_unseen"), ("n_per_class", "_check_n_per_class"),
         ("test_size", "_check_test_size"), ("arch", "_check_arch"), ("hidden", "_check_hidden"),
         ("filters", "_check_filters"), ("activation", "_check_activation"), ("epochs", "_check_epochs"),
-        ("batch_size", "_check_batch_size"), ("k_range", "_check_k_range"), ("sample_size", "_check_sample_size"),
+        ("batch_size", "_check_batch_size"), ("k_range", "_check_k_range"), ("k_criterion", "_check_k_criterion"),
+        ("sample_size", "_check_sample_size"),
         ("umap_points", "_check_umap_points"), ("reduce", "_check_reduce"), ("seed", "_check_seed"),
         ("model_path", "_check_model_path"), ("data_dir", "_check_data_dir"),
     )
@@ -777,9 +801,12 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
     from .clustering import cluster_layers
 
     train = split == SPLITS["train"]
+    # "classes": at least as many clusters as trained classes; "faithfulness": clusters that predict the output.
+    y_k = {"classes": labels[train], "faithfulness": predicted[train]}.get(config.k_criterion)
     clusterers = cluster_layers(
         OrderedDict((name, values[train]) for name, values in hidden.items()),
         k_range=config.k_range, sample_size=config.sample_size, random_state=config.seed, progress=report,
+        criterion=config.k_criterion, k=config.k_fixed, y=y_k,
     )
     paths = np.empty((len(X), len(hidden)), dtype=np.int64)
     paths[train] = _paths.paths_from_labels(OrderedDict((n, est.labels_) for n, est in clusterers.items()))

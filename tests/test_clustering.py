@@ -181,3 +181,46 @@ def test_cluster_layers_names_the_layer_that_cannot_be_clustered():
         cluster_layers(hidden, k_range=range(2, 4))
     with pytest.raises(ValueError, match="hidden must hold at least one layer's activations, got none"):
         cluster_layers({})
+
+
+def _nested_blobs(rng, n=200):
+    """Two far-apart groups, each of two close sub-blobs; the class is the sub-blob's side."""
+    centers = np.array([[0.0, 0.0], [0.0, 3.0], [40.0, 0.0], [40.0, 3.0]])
+    which = rng.integers(0, 4, size=n)
+    X = centers[which] + rng.normal(scale=0.3, size=(n, 2))
+    return X, which % 2, which
+
+
+def test_k_criteria_on_blobs_of_known_structure():
+    rng = np.random.default_rng(0)
+    X, y, which = _nested_blobs(rng, 400)
+    sil = LayerKMeans(k_range=range(2, 7)).fit(X)
+    assert sil.k_ == 2 and sil.criterion_ == "silhouette"  # the two far groups
+    assert sil.criterion_scores_ == sil.silhouette_scores_
+    # The coarse split says nothing of the class; four clusters predict it exactly.
+    faithful = LayerKMeans(k_range=range(2, 7), criterion="faithfulness").fit(X, y)
+    assert faithful.k_ == 4
+    assert faithful.criterion_scores_[2] < 0.6 and faithful.criterion_scores_[4] == 1.0
+    assert adjusted_rand_score(faithful.labels_, which) == 1.0
+    # At least as many clusters as classes: with four classes, K >= 4.
+    classes = LayerKMeans(k_range=range(2, 7), criterion="classes").fit(X, which)
+    assert classes.k_ == 4 and min(classes.silhouette_scores_) == 4
+    fixed = LayerKMeans(k_range=range(2, 7), criterion="fixed", k=3).fit(X)
+    assert fixed.k_ == 3 and len(np.unique(fixed.labels_)) == 3 and fixed.criterion_scores_ == {}
+    # The choice and its curve survive storage.
+    back = LayerKMeans.from_dict(faithful.to_dict(), faithful.centers_)
+    assert back.criterion_ == "faithfulness" and back.criterion_scores_ == faithful.criterion_scores_
+
+
+@pytest.mark.parametrize("options,y,message", [
+    ({"criterion": "elbow"}, None, "K criterion must be one of"),
+    ({"criterion": "faithfulness"}, None, "needs the class of every row"),
+    ({"criterion": "classes"}, np.zeros(3), "one class per row"),
+    ({"criterion": "fixed"}, None, "fixed K must be a whole number"),
+    ({"criterion": "fixed", "k": 2.5}, None, "fixed K must be a whole number"),
+    ({"criterion": "fixed", "k": 500}, None, "fixed K must be a whole number from 1 to 399"),
+])
+def test_bad_k_criteria_are_named(options, y, message):
+    X, _, _ = _nested_blobs(np.random.default_rng(1), 400)
+    with pytest.raises(ValueError, match=message):
+        LayerKMeans(**options).fit(X, y)
