@@ -48,6 +48,8 @@ OPTION_WORDS = {
     "k_min": "--k-min",
     "k_max": "--k-max",
     "k_range": "the K range (--k-min .. --k-max)",
+    "k_criterion": "--k-criterion",
+    "k_fixed": "--k",
     "sample_size": "--sample-size",
     "umap_points": "--umap-points",
     "reduce": "--reduce",
@@ -125,6 +127,8 @@ def _config_from_args(args):
         batch_size=args.batch_size,
         k_min=args.k_min,
         k_max=args.k_max,
+        k_criterion=args.k_criterion,
+        k_fixed=args.k,
         sample_size=args.sample_size,
         umap_points=args.umap_points,
         reduce=args.reduce,
@@ -355,6 +359,10 @@ def build_parser():
     r.add_argument("--k-min", type=_number, default=2, help="smallest K of the silhouette search (default 2)")
     r.add_argument("--k-max", type=_number, default=10,
                    help="largest K, at most 100 and below the training images (default 10)")
+    r.add_argument("--k-criterion", default="silhouette",
+                   help="how K is chosen per layer: silhouette (default), classes (at least as many clusters as "
+                        "classes), faithfulness (clusters that best predict the model's output) or fixed (--k)")
+    r.add_argument("--k", type=_number, default=None, help="the number of clusters with --k-criterion fixed")
     r.add_argument("--sample-size", type=_number, default=2000,
                    help="rows used to choose K per layer, up to 20000 (default 2000)")
     r.add_argument("--umap-points", type=_number, default=3000,
