@@ -69,16 +69,13 @@ def run_case(dataset, known, unseen, arch, *, epochs, n_per_class, seed, criteri
     train = split == 0
     clusterers = cluster_layers({n: v[train] for n, v in hidden.items()}, random_state=seed)
     clusters = {n: est.labels_ for n, est in clusterers.items()}
-    rows, scores = detector_scores(hidden, labels, split, probs=probs, logits=logits, clusters=clusters)
+    rows, scores = detector_scores(hidden, labels, split, probs=probs, logits=logits, clusters=clusters,
+                                   inputs=X, random_state=seed)
     table = detector_table(rows, scores, labels, split)
     layers = list(hidden)
     best = max(layers, key=lambda n: table["overall"][f"mahalanobis:{n}"]["auroc"])
     table["overall"]["mahalanobis (best layer)"] = dict(table["overall"][f"mahalanobis:{best}"], layer=best)
-    from signatures.detectors import SignatureScore
-
-    sig = SignatureScore().fit({n: hidden[n][train] for n in layers}, clusters,
-                               {n: hidden[n][split == 1] for n in layers})
-    p_cal = sig.pvalues(None, calibration=True)
+    p_cal = np.exp(-scores["signature"][split[rows] == 1])  # held-out rows' own calibrated p-values
     accuracy = float(np.mean(np.asarray(subset.classes)[probs[split == 1].argmax(1)] == labels[split == 1]))
     return {
         "dataset": dataset, "known": list(known), "unseen": list(unseen), "arch": arch, "accuracy": accuracy,

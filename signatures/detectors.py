@@ -265,82 +265,139 @@ def conformal_pvalues(reference, scores, *, leave_one_out=False):
 
 
 class SignatureScore:
-    """Per-cluster Mahalanobis distances of every layer, calibrated and combined.
+    """How unlike the known paths an input is, layer by layer, with calibrated p-values.
+
+    At every layer (the input itself may be one, as the first), two statistics of an input:
+
+    - its negative log-likelihood under a Gaussian mixture whose components are the
+      layer's clusters (k-means on the training rows; the experiment's own clusters,
+      refined to at least ``n_components`` when they are fewer), each with its own mean,
+      Ledoit-Wolf shrunk covariance and share of the training rows;
+    - the distance to its ``k``-th nearest training row, rows scaled to unit length.
+
+    Each statistic becomes a conformal p-value against the held-out inputs of the trained
+    classes; all of them are combined by Fisher's statistic, which is calibrated once more
+    against the held-out inputs (leave-one-out), so the final p-value is calibrated: for an
+    input drawn like the held-out ones, ``P(p <= alpha) <= alpha``. Layers wider than
+    ``max_features`` are reduced by a PCA fitted on the training rows first.
 
     Parameters
     ----------
+    n_components : int
+        Least number of mixture components per layer.
+    k : int
+        Which neighbour's distance (0 turns the neighbour statistic off).
     min_cluster : int
-        A cluster with fewer training rows than this uses the layer's pooled within-cluster
-        covariance instead of its own.
-    combine : {"fisher", "min"}
-        How the layers' p-values become one statistic before the final calibration.
+        A component with fewer training rows uses the layer's pooled covariance.
+    max_features : int
+        Widest layer taken as it is.
+    random_state : int
+        Seeds the refining k-means and the PCA.
 
     Notes
     -----
-    ``fit(layers_train, clusters_train, layers_cal)``: ``layers_*`` are ordered dicts
-    layer -> rows; ``clusters_train`` layer -> the cluster id of each training row (the
-    fitted k-means labels). ``layers_cal`` are held-out inputs of the trained classes: the
-    reference that makes every p-value calibrated. ``pvalues(layers)`` gives the combined
-    calibrated p-values; ``score`` is ``-log`` of them.
+    ``fit(layers_train, layers_cal, clusters=None)``: ordered dicts layer -> rows;
+    ``clusters`` layer -> cluster id of each training row. ``pvalues(layers)`` gives the
+    combined calibrated p-values, ``layer_pvalues(layers)`` the per-statistic ones, and
+    ``score`` is ``-log p``.
     """
 
-    def __init__(self, *, min_cluster=10, combine="fisher"):
+    def __init__(self, *, n_components=20, k=10, min_cluster=10, max_features=64, random_state=0):
+        self.n_components = n_components
+        self.k = k
         self.min_cluster = min_cluster
-        self.combine = combine
+        self.max_features = max_features
+        self.random_state = random_state
 
-    def _layer_distance(self, name, X):
-        means, precisions = self.clusters_[name]
-        X = _rows(X)
-        best = np.full(len(X), np.inf)
-        for mean, precision in zip(means, precisions):
-            d = X - mean
-            best = np.minimum(best, np.einsum("ij,jk,ik->i", d, precision, d))
-        return np.maximum(best, 0.0)
+    # -- per layer -------------------------------------------------------------------
+    def _features(self, name, X):
+        X = _rows(X, f"rows of layer {name!r}")
+        pca = self.pca_.get(name)
+        return X if pca is None else pca.transform(X)
 
-    def _combine(self, p):
-        if self.combine == "fisher":
-            return -2.0 * np.log(p).sum(axis=1)
-        return -np.log(p.min(axis=1))
+    def _fit_layer(self, name, X, labels):
+        from sklearn.cluster import KMeans
 
-    def fit(self, layers_train, clusters_train, layers_cal):
-        if self.combine not in ("fisher", "min"):
-            raise ValueError(f"combine must be 'fisher' or 'min', got {self.combine!r}")
-        minimum = _positive_int(self.min_cluster, "min_cluster")
-        self.layers_ = list(layers_train)
-        if not self.layers_:
+        if labels is None or len(np.unique(labels)) < self.n_components:
+            k = min(int(self.n_components), len(np.unique(X, axis=0)))
+            labels = KMeans(k, n_init=4, random_state=self.random_state).fit(X).labels_
+        labels = np.asarray(labels)
+        ids = np.unique(labels)
+        means = np.stack([X[labels == c].mean(axis=0) for c in ids])
+        pooled, _ = ledoit_wolf(X - means[np.searchsorted(ids, labels)], assume_centered=True)
+        parts = []
+        for i, c in enumerate(ids):
+            member = labels == c
+            cov = (ledoit_wolf(X[member] - means[i], assume_centered=True)[0]
+                   if member.sum() >= self.min_cluster else pooled)
+            _, logdet = np.linalg.slogdet(cov + 1e-9 * np.eye(len(cov)))
+            parts.append((means[i], np.linalg.pinv(cov, hermitian=True), logdet, np.log(member.mean())))
+        knn = None
+        if self.k:
+            knn = KNN(k=min(int(self.k), len(X))).fit(X)
+        return parts, knn
+
+    def _nll(self, parts, X):
+        logp = np.stack([weight - 0.5 * (np.einsum("ij,jk,ik->i", X - mean, precision, X - mean) + logdet)
+                         for mean, precision, logdet, weight in parts], axis=1)
+        top = logp.max(axis=1)
+        return -(top + np.log(np.exp(logp - top[:, None]).sum(axis=1)))
+
+    def _statistics(self, name, X, *, exclude_self=False):
+        parts, knn = self.layers_[name]
+        X = self._features(name, X)
+        out = [self._nll(parts, X)]
+        if knn is not None:
+            out.append(knn.score(X, exclude_self=exclude_self))
+        return out
+
+    # -- estimator ------------------------------------------------------------------
+    def fit(self, layers_train, layers_cal, clusters=None):
+        from sklearn.decomposition import PCA
+
+        for what in ("n_components", "min_cluster", "max_features"):
+            _positive_int(getattr(self, what), what)
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 0:
+            raise ValueError(f"k must be a whole number >= 0, got {self.k!r}")
+        names = list(layers_train)
+        if not names:
             raise ValueError("give at least one layer")
-        missing = [n for n in self.layers_ if n not in clusters_train or n not in layers_cal]
+        missing = [n for n in names if n not in layers_cal]
         if missing:
-            raise ValueError(f"layers {missing} lack cluster labels or held-out rows")
-        self.clusters_ = OrderedDict()
-        for name in self.layers_:
+            raise ValueError(f"layers {missing} have no held-out rows")
+        clusters = clusters or {}
+        self.pca_, self.layers_, self.statistics_ = {}, OrderedDict(), []
+        reference = []
+        for name in names:
             X = _rows(layers_train[name], f"training rows of layer {name!r}")
-            labels = np.asarray(clusters_train[name])
-            ids = np.unique(labels)
-            means = np.stack([X[labels == c].mean(axis=0) for c in ids])
-            pooled = _shrunk_precision(X - means[np.searchsorted(ids, labels)])
-            precisions = [
-                _shrunk_precision(X[labels == c] - means[i]) if (labels == c).sum() >= minimum else pooled
-                for i, c in enumerate(ids)
-            ]
-            self.clusters_[name] = (means, precisions)
-        self.reference_ = OrderedDict((n, self._layer_distance(n, layers_cal[n])) for n in self.layers_)
-        p_cal = np.stack([conformal_pvalues(self.reference_[n], self.reference_[n], leave_one_out=True)
-                          for n in self.layers_], axis=1)
-        self.combined_reference_ = self._combine(p_cal)
+            if X.shape[1] > self.max_features:
+                self.pca_[name] = PCA(self.max_features, random_state=self.random_state).fit(X)
+                X = self.pca_[name].transform(X)
+            self.layers_[name] = self._fit_layer(name, X, clusters.get(name))
+            stats = self._statistics(name, layers_cal[name])
+            self.statistics_ += [f"{name}:density"] + ([f"{name}:neighbours"] if len(stats) > 1 else [])
+            reference += stats
+        self.reference_ = reference
+        self.combined_reference_ = self._combine(self._pvalues_of(reference, reference, leave_one_out=True))
         return self
 
+    def _pvalues_of(self, reference, stats, *, leave_one_out=False):
+        return np.stack([conformal_pvalues(r, s, leave_one_out=leave_one_out) for r, s in zip(reference, stats)],
+                        axis=1)
+
+    @staticmethod
+    def _combine(p):
+        return -2.0 * np.log(p).sum(axis=1)
+
     def layer_pvalues(self, layers):
-        """Calibrated p-value per layer, shape (n, n_layers)."""
-        return np.stack([conformal_pvalues(self.reference_[n], self._layer_distance(n, layers[n]))
-                         for n in self.layers_], axis=1)
+        """Calibrated p-value of each statistic (see ``statistics_``), shape (n, n_statistics)."""
+        stats = [s for name in self.layers_ for s in self._statistics(name, layers[name])]
+        return self._pvalues_of(self.reference_, stats)
 
     def pvalues(self, layers, *, calibration=False):
         """Combined calibrated p-values; ``calibration=True`` for the held-out rows themselves."""
         if calibration:
-            p = np.stack([conformal_pvalues(self.reference_[n], self.reference_[n], leave_one_out=True)
-                          for n in self.layers_], axis=1)
-            return conformal_pvalues(self.combined_reference_, self._combine(p), leave_one_out=True)
+            return conformal_pvalues(self.combined_reference_, self.combined_reference_, leave_one_out=True)
         return conformal_pvalues(self.combined_reference_, self._combine(self.layer_pvalues(layers)))
 
     def score(self, layers, *, calibration=False):
@@ -393,7 +450,8 @@ def _fisher_calibrated(per_layer_cal, per_layer_new):
             -np.log(conformal_pvalues(f_cal, f_new)))
 
 
-def detector_scores(hidden, labels, split, *, probs, logits=None, clusters=None, k=10):
+def detector_scores(hidden, labels, split, *, probs, logits=None, clusters=None, inputs=None, k=10,
+                    signature=True, random_state=0):
     """Every detector's score of the held-out and unseen rows.
 
     Parameters
@@ -406,10 +464,15 @@ def detector_scores(hidden, labels, split, *, probs, logits=None, clusters=None,
     logits : ndarray of shape (n, n_classes), optional
         For MaxLogit and energy (left out without them).
     clusters : dict[str, ndarray of shape (n_train,)], optional
-        The cluster of every training row per layer (the experiment's paths); the signature
-        score is left out without them.
+        The cluster of every training row per layer (the experiment's paths), which the
+        signature score refines into its mixture components.
+    inputs : ndarray of shape (n, ...), optional
+        The inputs themselves (pixels), taken by the signature score as its first layer.
     k : int
         Neighbours of kNN and DkNN.
+    signature : bool
+        Also compute the signature score (:class:`SignatureScore`).
+    random_state : int
 
     Returns
     -------
@@ -450,12 +513,16 @@ def detector_scores(hidden, labels, split, *, probs, logits=None, clusters=None,
     dknn = DkNN(k=min(k, int(train.sum()))).fit(
         {n: hidden[n][train] for n in names}, labels[train], {n: hidden[n][cal] for n in names}, labels[cal])
     scores["dknn"] = dknn.score({n: hidden[n][rows] for n in names})
-    if clusters is not None:
-        sig = SignatureScore().fit({n: hidden[n][train] for n in names}, clusters,
-                                   {n: hidden[n][cal] for n in names})
+    if signature:
+        layers = OrderedDict(hidden)
+        if inputs is not None:
+            layers = OrderedDict([("input", np.asarray(inputs, dtype=np.float64).reshape(len(split), -1))]
+                                 + list(layers.items()))
+        sig = SignatureScore(random_state=random_state).fit(
+            {n: v[train] for n, v in layers.items()}, {n: v[cal] for n, v in layers.items()}, clusters)
         s = np.empty(len(rows))
         s[is_cal] = sig.score(None, calibration=True)
-        s[~is_cal] = sig.score({n: hidden[n][rows[~is_cal]] for n in names})
+        s[~is_cal] = sig.score({n: v[rows[~is_cal]] for n, v in layers.items()})
         scores["signature"] = s
     for name in names:
         scores[f"mahalanobis:{name}"] = maha[name]

@@ -109,11 +109,12 @@ def test_signature_score_is_calibrated_on_in_distribution_data(alpha):
     from sklearn.cluster import KMeans
 
     clusters = {n: KMeans(3, n_init=4, random_state=0).fit(v).labels_ for n, v in fit.items()}
-    score = SignatureScore().fit(fit, clusters, cal)
+    score = SignatureScore().fit(fit, cal, clusters)
     share = float((score.pvalues(test) < alpha).mean())
     assert abs(share - alpha) <= 0.015, (alpha, share)
     held = score.pvalues(cal, calibration=True)
     assert abs(float((held < alpha).mean()) - alpha) <= 0.015
+    assert score.statistics_ == ["h1:density", "h1:neighbours", "h2:density", "h2:neighbours"]
     # Points far from every blob get the smallest p-value there is.
     far = {"h1": centers[:1] + 40.0, "h2": np.tanh((centers[:1] + 40.0) @ W)}
     assert score.pvalues(far)[0] <= 2 / (1 + 2000)
@@ -125,7 +126,7 @@ def test_signature_score_sees_an_unseen_blob():
     X, labels = _blobs(rng, 3000, centers[:2], 1.0)
     unseen = centers[2] + rng.normal(size=(300, 3))
     fit, cal, test = X[:1500], X[1500:2500], X[2500:]
-    score = SignatureScore().fit({"l": fit}, {"l": labels[:1500]}, {"l": cal})
+    score = SignatureScore().fit({"l": fit}, {"l": cal}, {"l": labels[:1500]})
     s = np.concatenate([score.score({"l": test}), score.score({"l": unseen})])
     metrics = detection_metrics(s, np.r_[np.zeros(len(test)), np.ones(len(unseen))])
     assert metrics["auroc"] > 0.99 and metrics["fpr95"] < 0.05 and metrics["aupr"] > 0.95
@@ -142,3 +143,25 @@ def test_metrics_exact():
     assert detection_metrics(scores, np.ones(6)) == {"auroc": None, "fpr95": None, "aupr": None}
     with pytest.raises(ValueError, match="differ in length"):
         detection_metrics(scores, positive[:3])
+
+
+def test_signature_score_mixture_density_is_exact_for_one_gaussian_component():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 2)) * [2.0, 0.5]
+    score = SignatureScore(n_components=1, k=0).fit({"l": X}, {"l": X[:50]})
+    (mean, precision, logdet, weight), = score.layers_["l"][0]
+    from sklearn.covariance import ledoit_wolf
+
+    cov = ledoit_wolf(X - X.mean(0), assume_centered=True)[0]
+    q = np.array([[1.0, 1.0], [0.0, 0.0]])
+    d = q - X.mean(0)
+    expected = 0.5 * (np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d) + np.linalg.slogdet(cov)[1])
+    np.testing.assert_allclose(score._nll(score.layers_["l"][0], q), expected, rtol=1e-6)
+    assert weight == 0.0  # log of the one component's share
+
+
+@pytest.mark.parametrize("bad", [{"n_components": 0}, {"k": -1}, {"min_cluster": 1.5}, {"max_features": None}])
+def test_signature_score_options_are_named(bad):
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SignatureScore(**bad).fit({"l": X}, {"l": X})
