@@ -30,7 +30,7 @@ __all__ = ["analyze", "findings", "load_or_analyze", "format_share", "unseen_set
            "TIE_MARGIN", "LOW_ACCURACY", "NEURON_AUROC_MARGIN"]
 
 ANALYSIS_FILE = "analysis.json"
-_VERSION = 2
+_VERSION = 3
 
 #: Two shares this close (5 percentage points) are reported as a split, never as one answer.
 TIE_MARGIN = 0.05
@@ -159,6 +159,11 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
         anomaly.pop("scores")
         anomaly.pop("exit")
     lap("anomaly")
+    say("analysis", 0.9, "the field's detectors and the signature score")
+    from .detectors import experiment_detectors
+
+    detectors = experiment_detectors(exp, unseen=focus) if focus else None
+    lap("detectors")
     result = {
         "version": _VERSION,
         "alpha": alpha,
@@ -169,6 +174,7 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
                        for s in ("train", "test", "anomaly")},
         "separation": {"table": table, "first_layer": layer, "reason": reason, "cka": cka},
         "anomaly": anomaly,
+        "detectors": detectors,
         "accuracy": (exp.metrics or {}).get("accuracy"),
         "seconds": seconds,
     }
@@ -472,7 +478,42 @@ def findings(result, exp, *, tie_margin=TIE_MARGIN, low_accuracy=LOW_ACCURACY):
     if neuron:
         out.append(neuron)
     out.extend(_unseen_sentences(result, exp, tie_margin))
+    detectors = _detector_sentence(result, exp)
+    if detectors:
+        out.append(detectors)
     return out
+
+
+#: AUROCs closer than this are called a tie in the findings.
+DETECTOR_TIE = 0.005
+
+
+def _detector_sentence(result, exp):
+    """Which detector tells the unseen set from held-out inputs best, and by how much."""
+    from .detectors import TITLES
+
+    det = result.get("detectors")
+    if not det:
+        return None
+    overall = det["overall"]
+    sig = overall.get("signature", {}).get("auroc")
+    best = det["best_baseline"]
+    base = overall[best]["auroc"]
+    if sig is None or base is None:
+        return None
+    who = _set_words(exp, det["unseen"])
+    gap = sig - base
+    if abs(gap) < DETECTOR_TIE:
+        verdict = f"the signature score ties with the best of the field's detectors, {TITLES[best]} ({base:.3f})"
+    elif gap > 0:
+        verdict = f"the signature score is best, {gap:.3f} ahead of the field's best, {TITLES[best]} ({base:.3f})"
+    else:
+        verdict = (f"{TITLES[best]} is best ({base:.3f}); the signature score is {-gap:.3f} behind")
+    calibration = det.get("calibration", {}).get("0.05")
+    cal = (f"; its p-values are calibrated ({format_share(calibration)} of held-out inputs fall below 0.05)"
+           if calibration is not None else "")
+    return (f"Telling {who} from held-out inputs of the trained classes: {verdict} "
+            f"(signature score AUROC {sig:.3f}){cal}.")
 
 
 def _usable_cache(cached, exp):
@@ -494,7 +535,8 @@ def _usable_cache(cached, exp):
     return (isinstance(sep.get("table"), list) and all(isinstance(r, dict) for r in sep["table"])
             and isinstance(sep.get("reason"), str) and isinstance(sep.get("cka"), list)
             and (sep.get("first_layer") is None or sep.get("first_layer") in exp.layers)
-            and (cached.get("anomaly") is None or isinstance(cached.get("anomaly"), dict)))
+            and (cached.get("anomaly") is None or isinstance(cached.get("anomaly"), dict))
+            and (cached.get("detectors") is None or isinstance(cached.get("detectors"), dict)))
 
 
 def _read_cache(path, exp):

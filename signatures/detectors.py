@@ -549,3 +549,60 @@ def detector_table(rows, scores, labels, split):
         keep = ~unseen | (labels == c)
         out["per_class"][c] = {name: detection_metrics(s[keep], unseen[keep]) for name, s in scores.items()}
     return out
+
+
+#: Detectors whose ROC curves and table rows the pages and the report show, in order.
+SHOWN = ("signature", "msp", "maxlogit", "energy", "mahalanobis", "knn", "dknn")
+#: Plain names of the detectors, as the pages show them.
+TITLES = {
+    "signature": "signature score (this tool)", "msp": "max softmax", "maxlogit": "max logit", "energy": "energy",
+    "mahalanobis": "Mahalanobis (all layers)", "knn": "kNN (last layer)", "dknn": "deep kNN",
+}
+
+
+def _roc_points(scores, positive, n=60):
+    fpr, tpr, _ = roc_curve(positive, scores)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(n, len(fpr))).round().astype(int))
+    return {"fpr": [round(float(v), 4) for v in fpr[keep]], "tpr": [round(float(v), 4) for v in tpr[keep]]}
+
+
+def experiment_detectors(exp, *, unseen=None, k=10, random_state=0):
+    """Every detector of an experiment, told apart on its held-out and unseen rows.
+
+    Parameters
+    ----------
+    exp : Experiment
+    unseen : list of int, optional
+        The unseen classes taken as positives (default: every unseen class stored).
+
+    Returns
+    -------
+    dict or None
+        None without held-out or unseen rows; else :func:`detector_table`'s dict for the
+        detectors in :data:`SHOWN` plus the per-layer ones, with ``unseen`` (the classes),
+        ``roc`` (detector -> ``fpr``/``tpr`` points for :data:`SHOWN`), ``best_baseline``
+        and ``calibration`` (share of held-out inputs whose signature p-value is below 0.01,
+        0.05 and 0.1).
+    """
+    unseen = list(exp.unseen) if unseen is None else [int(c) for c in unseen]
+    keep = (exp.split != 2) | np.isin(exp.labels, unseen)
+    if not unseen or not (exp.split[keep] == 1).any() or not (exp.split[keep] == 2).any():
+        return None
+    rows_all = np.flatnonzero(keep)
+    split, labels = exp.split[rows_all], exp.labels[rows_all]
+    hidden = OrderedDict((n, exp.hidden[n][rows_all]) for n in exp.layers)
+    train = split == 0
+    clusters = {n: exp.paths[rows_all][train, j] for j, n in enumerate(exp.layers)}
+    logits = None if getattr(exp, "logits", None) is None else exp.logits[rows_all]
+    inputs = exp.images[rows_all].reshape(len(rows_all), -1).astype(np.float64) / 255.0
+    rows, scores = detector_scores(hidden, labels, split, probs=exp.probs[rows_all], logits=logits,
+                                   clusters=clusters, inputs=inputs, k=k, random_state=random_state)
+    table = detector_table(rows, scores, labels, split)
+    positive = split[rows] == 2
+    table["unseen"] = unseen
+    table["roc"] = {name: _roc_points(scores[name], positive) for name in SHOWN if name in scores}
+    baselines = [n for n in SHOWN if n != "signature" and n in table["overall"]]
+    table["best_baseline"] = max(baselines, key=lambda n: table["overall"][n]["auroc"])
+    p_cal = np.exp(-scores["signature"][~positive])
+    table["calibration"] = {str(a): float((p_cal < a).mean()) for a in (0.01, 0.05, 0.1)}
+    return table
