@@ -279,6 +279,39 @@ def _kernel_id(html):
     return found.group(1)
 
 
+def test_a_kernel_websocket_of_another_protocol_is_closed_at_once(loopback):
+    """Voilà would hang on the legacy JSON protocol; the server speaks only v1."""
+    import asyncio
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    port, _ = loopback
+    status, headers, html = _request(port, "/voila/render/gallery.ipynb?experiment=small", timeout=300)
+    assert status == 200
+    kernel = _kernel_id(html)
+    cookies = " ".join(headers.get_all("Set-Cookie") or [])
+    xsrf = re.search(r"_xsrf=([^;]+)", cookies).group(1)
+    url = f"ws://127.0.0.1:{port}/api/kernels/{kernel}/channels"
+
+    async def attempt(subprotocols):
+        conn = await websocket_connect(HTTPRequest(url, headers={"Cookie": f"_xsrf={xsrf}"}),
+                                       subprotocols=subprotocols)
+        first = await asyncio.wait_for(conn.read_message(), timeout=20)
+        code, reason = conn.close_code, conn.close_reason
+        conn.close()
+        return first, code, reason
+
+    first, code, reason = asyncio.run(attempt(None))
+    assert first is None and code == 1002 and site.KERNEL_PROTOCOL in reason
+    assert _request(port, "/")[0] == 200, "the server still answers"
+    status, _, _ = _request(port, f"/voila/api/shutdown/{kernel}", method="POST",
+                            headers={"Cookie": f"_xsrf={xsrf}",
+                                     "Content-Type": "application/x-www-form-urlencoded"},
+                            body=f"_xsrf={xsrf}")
+    assert status == 204
+
+
 def test_the_kernel_cap_turns_the_next_visitor_away_and_a_closed_tab_frees_its_place(loopback):
     port, _ = loopback  # page_cap=1
     status, headers, html = _request(port, "/voila/render/gallery.ipynb?experiment=small", timeout=300)

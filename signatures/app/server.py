@@ -61,6 +61,7 @@ from tornado.routing import Matcher, Rule
 from traitlets import Int, List, Unicode, default
 from voila.app import Voila
 from voila.tornado.handler import TornadoVoilaHandler
+from voila.tornado.kernel_websocket_handler import VoilaKernelWebsocketHandler
 
 from ..plotview import PLOTLY_ROUTE, forced_renderer, plotly_js_path
 from ..store import scan_store
@@ -523,6 +524,26 @@ class SiteKernelManager(AsyncMappingKernelManager):
         return max(len(live - pooled) - starting, 0), pages
 
 
+#: The kernel websocket protocol Voilà's pages speak.
+KERNEL_PROTOCOL = "v1.kernel.websocket.jupyter.org"
+
+
+class V1KernelWebsocketHandler(VoilaKernelWebsocketHandler):
+    """Voilà's kernel websocket, refusing every protocol but the one its pages speak.
+
+    Voilà 0.5 reads every binary message it sends as the v1 protocol; a client that
+    connects with the older JSON protocol (which jupyter_server still accepts) makes it
+    build a list as long as a message's first eight bytes say, and the server hangs and
+    fills its memory. Such a connection is closed at once (code 1002), naming the protocol.
+    """
+
+    def open(self, *args, **kwargs):
+        if self.selected_subprotocol != KERNEL_PROTOCOL:
+            self.close(1002, f"this server speaks only the {KERNEL_PROTOCOL} protocol")
+            return None
+        return super().open(*args, **kwargs)
+
+
 class PageHandler(TornadoVoilaHandler):
     """Voilà's page handler behind the kernel caps.
 
@@ -845,6 +866,8 @@ class SignaturesVoila(Voila):
         for i, spec in enumerate(handlers):
             if len(spec) > 1 and spec[1] is TornadoVoilaHandler:
                 handlers[i] = (spec[0], PageHandler, {**spec[2], "limits": limits, "pending": pending})
+            elif len(spec) > 1 and spec[1] is VoilaKernelWebsocketHandler:
+                handlers[i] = (spec[0], V1KernelWebsocketHandler, *spec[2:])
         ours = [
             (self.server_url, LandingHandler, {"store": store, "builds": builds}),
             (url_path_join(self.server_url, "signatures/api/experiments"), ExperimentsHandler, {"store": store}),
