@@ -39,6 +39,7 @@ __all__ = [
     "cka_heatmap",
     "auroc_bars",
     "exit_layers",
+    "roc_curves",
 ]
 
 #: Colours of trained classes (and of any group that is not an anomaly).
@@ -698,3 +699,27 @@ def exit_layers(counts, layer_names, *, title="Layer where unseen inputs leave t
     fig.update_layout(barmode="group")
     fig.update_yaxes(title=value_label)
     return _layout(fig, title, height=360, showlegend=True)
+
+
+def roc_curves(curves, *, titles=None, title="ROC curves: unseen inputs against held-out trained ones"):
+    """One ROC curve per detector, the chance diagonal dashed.
+
+    Parameters
+    ----------
+    curves : dict
+        detector -> ``{"fpr": [...], "tpr": [...]}`` (as :func:`signatures.detectors.experiment_detectors`
+        stores them), in the order they are drawn; the first is drawn thickest.
+    titles : dict, optional
+        detector -> the name shown in the legend.
+    """
+    titles = titles or {}
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#999999", width=1),
+                             name="chance", hoverinfo="skip"))
+    for i, (name, curve) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=titles.get(name, name),
+                                 line=dict(width=3 if i == 0 else 1.5, color=TRAINED_COLORS[i % len(TRAINED_COLORS)]),
+                                 hovertemplate="false positives %{x:.3f}<br>true positives %{y:.3f}<extra></extra>"))
+    fig.update_xaxes(title="false-positive rate (held-out trained inputs flagged)", range=[0, 1])
+    fig.update_yaxes(title="true-positive rate (unseen inputs flagged)", range=[0, 1])
+    return _layout(fig, title, height=420)

@@ -29,7 +29,7 @@ __all__ = ["render_report", "write_report", "FIGURE_KINDS"]
 
 #: The ``data-figure`` values a report uses.
 FIGURE_KINDS = ("confusion", "training", "silhouette", "umap", "sankey", "cluster-images", "neurons",
-                "separation", "cka", "anomaly-auroc", "exit-layers", "crossovers")
+                "separation", "cka", "anomaly-auroc", "exit-layers", "crossovers", "detector-roc")
 
 _CSS = """
 :root { --ink: #222; --muted: #666; --line: #e3e3e3; --accent: #1f77b4; --warn: #d62728; }
@@ -405,7 +405,61 @@ def _questions(exp, page, analysis):
         calib = ", ".join(f"{layer} {format_share(v)}" for layer, v in anomaly["calibration"].items())
         parts.append(f"<p>Calibration: share of held-out trained inputs with p &lt; {analysis['alpha']} per layer "
                      f"(near {analysis['alpha']:.0%} when calibrated): {_e(calib)}.</p>")
+    detectors = analysis.get("detectors")
+    if detectors:
+        from .detectors import SHOWN, TITLES
+
+        parts.append("<h3>The field's detectors and the signature score</h3>")
+        parts.append(detector_table_html(detectors, names))
+        curves = {n: detectors["roc"][n] for n in SHOWN if n in detectors["roc"]}
+        parts.append(page.figure(_fig.roc_curves(curves, titles=TITLES), "detector-roc"))
+        cal = ", ".join(f"p &lt; {a}: {format_share(v)}" for a, v in detectors["calibration"].items())
+        parts.append(f"<p>The signature score's p-values on held-out trained inputs (calibrated when each share is "
+                     f"near its level): {cal}.</p>")
     return "\n".join(parts)
+
+
+def detector_table_html(detectors, class_names):
+    """The detector comparison as an HTML table: every detector's AUROC, FPR at 95% TPR and
+    AUPR over the unseen set, then its AUROC per unseen class; the best AUROC of each column bold.
+
+    Parameters
+    ----------
+    detectors : dict
+        ``analysis["detectors"]`` (:func:`signatures.detectors.experiment_detectors`).
+    class_names : sequence of str
+    """
+    from .detectors import SHOWN, TITLES
+
+    overall, per_class = detectors["overall"], detectors["per_class"]
+    shown = [n for n in SHOWN if n in overall]
+    classes = list(per_class)
+
+    def cell(value, best, fmt="{:.3f}"):
+        if value is None:
+            return "<td>n/a</td>"
+        text = fmt.format(value)
+        return f"<td><b>{text}</b></td>" if best is not None and abs(value - best) < 5e-4 else f"<td>{text}</td>"
+
+    def best_of(values, low=False):
+        values = [v for v in values if v is not None]
+        return (min(values) if low else max(values)) if values else None
+
+    head = ("<tr><th>detector</th><th>AUROC</th><th>FPR at 95% TPR</th><th>AUPR</th>"
+            + "".join(f"<th>AUROC: {_e(class_names[int(c)])}</th>" for c in classes) + "</tr>")
+    best = {m: best_of([overall[n][m] for n in shown], low=m == "fpr95") for m in ("auroc", "fpr95", "aupr")}
+    best_c = {c: best_of([per_class[c][n]["auroc"] for n in shown]) for c in classes}
+    rows = []
+    for n in shown:
+        rows.append(f"<tr><td>{_e(TITLES.get(n, n))}</td>"
+                    + cell(overall[n]["auroc"], best["auroc"]) + cell(overall[n]["fpr95"], best["fpr95"])
+                    + cell(overall[n]["aupr"], best["aupr"])
+                    + "".join(cell(per_class[c][n]["auroc"], best_c[c]) for c in classes) + "</tr>")
+    unseen = ", ".join(_e(class_names[int(c)]) for c in detectors["unseen"])
+    counts = ", ".join(f"{_e(class_names[int(c)])}: {n}" for c, n in detectors["n_unseen"].items())
+    return (f"<table class='sig-detectors'><caption>Unseen {unseen} ({counts}) against {detectors['n_heldout']} "
+            "held-out inputs of the trained classes; the best of each column in bold.</caption>"
+            f"{head}{''.join(rows)}</table>")
 
 
 def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12, analysis=None):

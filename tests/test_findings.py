@@ -233,7 +233,8 @@ def test_analyze_computes_the_auroc_over_the_named_set(small_experiment):
     result = analyze(small_experiment, stability=False)
     assert result["anomaly"]["unseen_set"] == [3, 4] == unseen_set(small_experiment)
     assert sorted(result["anomaly"]["auroc"]["n_anomaly"]) == ["3", "4"]
-    assert sum("the unseen 3s and 4s" in s for s in result["findings"]) == 3
+    assert sum("the unseen 3s and 4s" in s for s in result["findings"]) == 4  # where they go, leave, AUROC, detectors
+    assert result["detectors"]["unseen"] == [3, 4]
 
 
 # --------------------------------------------------------------------------- the raw input beside the first layer

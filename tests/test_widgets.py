@@ -101,8 +101,12 @@ def test_layers_app_answers_for_a_stored_experiment(store):
     assert analysis is not None and app.picker.value == "small"
     assert "separate from layer" in html.unescape(app.findings.value)
     assert (store / "small" / "analysis.json").is_file()  # computed once, kept with the experiment
-    for name in ("separation", "cka", "heatmap", "images", "auroc", "exits"):
+    for name in ("separation", "cka", "heatmap", "images", "auroc", "exits", "roc"):
         assert app.boxes[name].spec is not None and app.boxes[name].widget.outputs, name
+    table = html.unescape(app.detector_table.value)
+    assert "signature score (this tool)" in table and "Mahalanobis" in table and "AUROC: 3" in table
+    roc = app.boxes["roc"].spec
+    assert [t["name"] for t in roc["data"]][:2] == ["chance", "signature score (this tool)"]
     layer = app.layer.value
     kinds = {v[0] for _, v in app.subject.options}
     assert kinds == {"class", "cluster", "unseen"}

@@ -52,7 +52,8 @@ class LayersApp:
         self.retrain_progress = W.FloatProgress(min=0, max=1, layout=W.Layout(width="300px"))
         self.retrain_result = W.HTML()
         self.boxes = {v: PlotBox(renderer, lazy=True) for v in (
-            "separation", "cka", "heatmap", "images", "auroc", "exits", "crossovers")}
+            "separation", "cka", "heatmap", "images", "auroc", "exits", "crossovers", "roc")}
+        self.detector_table = W.HTML()
         self.signature_table = W.HTML()
         self.separation_reason = W.HTML()
         b = {v: box.widget for v, box in self.boxes.items()}
@@ -69,6 +70,9 @@ class LayersApp:
             W.HTML("<h3>Unseen inputs, calibrated</h3>"),
             W.HBox([W.Box([b["auroc"]], layout=W.Layout(width="50%")),
                     W.Box([b["exits"]], layout=W.Layout(width="50%"))]),
+            W.HTML("<h3>The field's detectors and the signature score</h3>"),
+            W.HBox([W.Box([self.detector_table], layout=W.Layout(width="55%")),
+                    W.Box([b["roc"]], layout=W.Layout(width="45%"))]),
             W.HTML("<h3>Are the clusters stable across retrained models?</h3><p>Trains the same network again "
                    "with two other seeds on the same images and compares each layer's clusters (matched by "
                    "their members). It takes a minute or more.</p>"),
@@ -156,6 +160,14 @@ class LayersApp:
         if an and an.get("auroc"):
             self.boxes["auroc"].show(self._plot(("layers", "auroc")))
             self.boxes["exits"].show(self._plot(("layers", "exits")))
+        det = a.get("detectors")
+        if det:
+            from ..report import detector_table_html
+
+            self.detector_table.value = detector_table_html(det, exp.class_names)
+            self.boxes["roc"].show(self._plot(("layers", "roc")))
+        else:
+            self.detector_table.value = "<p>No unseen inputs are stored with this experiment.</p>"
         self._set(self.layer, options=list(exp.layers), value=exp.layers[-1])
         self._show_layer()
         self.body.layout.display = ""
@@ -287,6 +299,11 @@ def _layers_figure(exp, analysis, key):
         counts = {exp.class_names[int(c)]: {(None if k == "never" else k): v for k, v in e["shares"].items()}
                   for c, e in an["exit_summary"]["unseen"].items()}
         return F.exit_layers(counts, exp.layers)
+    if view == "roc":
+        from ..detectors import SHOWN, TITLES
+
+        roc = analysis["detectors"]["roc"]
+        return F.roc_curves({n: roc[n] for n in SHOWN if n in roc}, titles=TITLES)
     if view == "heatmap":
         s = analysis["neurons"][key[2]]
         return F.neuron_heatmap(s["means"], s["class_names"], order=s["order"], dead=s["dead"],
@@ -300,8 +317,8 @@ def _layers_figure(exp, analysis, key):
         colors = ["#d62728" if s == 2 else "#333333" for s in exp.split[top]]
         return F.image_grid(exp.images[top], titles=titles, title_colors=colors,
                             title=f"Inputs that fire n{best} of {layer} most")
-    raise ValueError(f"a Layers page figure must be one of separation, cka, crossovers, auroc, exits, heatmap, "
-                     f"images, got {view!r}")
+    raise ValueError(f"a Layers page figure must be one of separation, cka, crossovers, auroc, exits, roc, "
+                     f"heatmap, images, got {view!r}")
 
 
 def layers_plots(exp, analysis):
@@ -314,6 +331,8 @@ def layers_plots(exp, analysis):
     an = analysis.get("anomaly")
     if an and an.get("auroc"):
         keys += [("layers", "auroc"), ("layers", "exits")]
+    if analysis.get("detectors"):
+        keys.append(("layers", "roc"))
     for layer in exp.layers:
         keys.append(("layers", "heatmap", layer))
         choice = _subject_options(exp, analysis, layer)[0][1]

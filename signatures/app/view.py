@@ -34,7 +34,7 @@ __all__ = ["ExperimentView", "PLOTS_FILE", "PLOTS_VERSION", "read_plots", "write
 #: The file of an experiment folder holding its pages' figures (see signatures.store.EXTRA_FILES).
 PLOTS_FILE = "plots.zip"
 #: Raised whenever what is stored, or how a figure is built, changes: older files are then rebuilt.
-PLOTS_VERSION = 1
+PLOTS_VERSION = 2
 _INDEX = "index.json"
 _FORMAT = "signatures-plots"
 
