@@ -314,7 +314,7 @@ def sankey(flows, layer_names, class_names=None, *, anomaly_groups=(), group_nam
                    margin=dict(l=20, r=20, t=90, b=bottom))
 
 
-def silhouette_curve(scores, chosen_k, *, title="Silhouette score by K", note=None):
+def silhouette_curve(scores, chosen_k, *, title="Silhouette score by K", note=None, what="silhouette"):
     """Silhouette score against K, with the chosen K marked.
 
     Parameters
@@ -326,6 +326,8 @@ def silhouette_curve(scores, chosen_k, *, title="Silhouette score by K", note=No
     title : str
     note : str, optional
         Shown under the title (e.g. why the layer is degenerate).
+    what : str
+        The score on the curve: ``"silhouette"``, or the K criterion's (``"faithfulness"``).
 
     Returns
     -------
@@ -336,20 +338,20 @@ def silhouette_curve(scores, chosen_k, *, title="Silhouette score by K", note=No
     items = sorted((int(k), float(v)) for k, v in dict(scores).items())
     subtitle = f"<br><sup>{note}</sup>" if note else ""
     if not items:
-        return _empty(title + subtitle, f"No silhouette scores: K = {chosen_k} was set without a search", height=360)
+        return _empty(title + subtitle, f"No {what} scores: K = {chosen_k} was set without a search", height=360)
     ks = [k for k, _ in items]
     values = [v if math.isfinite(v) else None for _, v in items]
-    fig = go.Figure(go.Scatter(x=ks, y=values, mode="lines+markers", name="silhouette",
+    fig = go.Figure(go.Scatter(x=ks, y=values, mode="lines+markers", name=what,
                                line=dict(color=TRAINED_COLORS[0]), marker=dict(size=7),
-                               hovertemplate="K = %{x}<br>silhouette %{y:.3f}<extra></extra>"))
+                               hovertemplate=f"K = %{{x}}<br>{what} %{{y:.3f}}<extra></extra>"))
     if chosen_k in ks and values[ks.index(chosen_k)] is not None:
         fig.add_trace(go.Scatter(x=[chosen_k], y=[values[ks.index(chosen_k)]], mode="markers",
                                  name=f"chosen K = {chosen_k}",
                                  marker=dict(symbol="star", size=16, color=ANOMALY_COLORS[0]),
-                                 hovertemplate="chosen K = %{x}<br>silhouette %{y:.3f}<extra></extra>"))
+                                 hovertemplate=f"chosen K = %{{x}}<br>{what} %{{y:.3f}}<extra></extra>"))
     fig.add_vline(x=chosen_k, line=dict(dash="dash", color="#999", width=1))
     fig.update_xaxes(title="K (number of clusters)", dtick=1)
-    fig.update_yaxes(title="silhouette score")
+    fig.update_yaxes(title=f"{what} score")
     return _layout(fig, title + subtitle, height=360, showlegend=True,
                    legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
 
@@ -723,3 +725,22 @@ def roc_curves(curves, *, titles=None, title="ROC curves: unseen inputs against 
     fig.update_xaxes(title="false-positive rate (held-out trained inputs flagged)", range=[0, 1])
     fig.update_yaxes(title="true-positive rate (unseen inputs flagged)", range=[0, 1])
     return _layout(fig, title, height=420)
+
+
+#: How each K criterion is named on a figure: (score on the curve, what the title says).
+K_CRITERIA = {
+    "silhouette": ("silhouette", "best silhouette"),
+    "classes": ("silhouette", "best silhouette with at least one cluster per class"),
+    "faithfulness": ("faithfulness", "clusters that best predict the output"),
+    "fixed": ("silhouette", "fixed K"),
+}
+
+
+def k_choice_curve(est, layer, *, title=None):
+    """The curve a layer's K was chosen on, titled with the criterion (a fitted LayerKMeans)."""
+    criterion = getattr(est, "criterion_", "silhouette")
+    what, words = K_CRITERIA.get(criterion, ("silhouette", criterion))
+    scores = getattr(est, "criterion_scores_", None) or est.silhouette_scores_
+    title = title or f"{what.capitalize()} of {layer} by K"
+    return silhouette_curve(scores, est.k_, title=title, note=" · ".join(
+        n for n in (f"K chosen by: {words}", est.note_) if n), what=what)

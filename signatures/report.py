@@ -215,7 +215,9 @@ def _layers(exp, page):
         parts.append(f"<h3>{_e(name)} <small>· {_e(units)} units · K = {est.k_}</small></h3>")
         note = _layer_note(est)
         sil = page.figure(
-            _fig.silhouette_curve(est.silhouette_scores_, est.k_, title=f"Silhouette by K, {name}"),
+            _fig.k_choice_curve(est, name, title=f"Silhouette by K, {name}")
+            if getattr(est, "criterion_", "silhouette") == "silhouette"
+            else _fig.k_choice_curve(est, name),
             "silhouette", layer=name, note=note,
         )
         if est.status_ == "constant":

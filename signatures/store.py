@@ -604,12 +604,12 @@ def _check_arrays(arrays, manifest, file):
     paths = arrays["paths"]
     if paths.ndim != 2 or paths.shape[1] != len(layers) or not np.issubdtype(paths.dtype, np.integer):
         raise ValueError(f"{file}: 'paths' has shape {paths.shape}, expected ({n}, {len(layers)}) integers")
-    if "logits" in arrays and arrays["logits"].shape != arrays["probs"].shape:
-        raise ValueError(f"{file}: 'logits' has shape {arrays['logits'].shape}, expected that of 'probs' "
-                         f"{arrays['probs'].shape}")
     if arrays["probs"].ndim != 2 or arrays["probs"].shape[1] != len(manifest["classes"]):
         raise ValueError(f"{file}: 'probs' has shape {arrays['probs'].shape}, expected ({n}, "
                          f"{len(manifest['classes'])})")
+    if "logits" in arrays and arrays["logits"].shape != arrays["probs"].shape:
+        raise ValueError(f"{file}: 'logits' has shape {arrays['logits'].shape}, expected that of 'probs' "
+                         f"{arrays['probs'].shape}")
     for j, name in enumerate(layers):
         centers, act = arrays[f"centers/{name}"], arrays[f"act/{name}"]
         if centers.ndim != 2 or act.ndim != 2 or centers.shape[1] != act.shape[1]:

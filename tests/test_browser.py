@@ -160,6 +160,8 @@ def test_builder_runs_and_switches_layers(site, page):
     page.click("button:has-text('Run')")
     page.wait_for_selector(".js-plotly-plot .sankey", timeout=180_000)
     page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=60_000)
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # plots below the fold draw when scrolled to
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 6", timeout=60_000)
     assert_plots_have_height(page)
     assert "UMAP of hidden_1" in " | ".join(plot_titles(page))
     page.select_option(".widget-dropdown:has-text('Layer') select", label="hidden_2")
@@ -265,11 +267,15 @@ def test_builder_queued_run_shows_its_place_then_progress_then_scrolls_to_the_re
         assert page.locator("button:has-text('Run')").is_disabled()
         blocker.cancel()
         page.wait_for_selector(".sig-status:has-text('training')", timeout=180_000)
-        page.wait_for_selector(".js-plotly-plot .sankey", timeout=240_000)
-        assert "saved as 'queued-in-browser'" in page.inner_text(".sig-status")
+        page.wait_for_selector(".sig-status:has-text(\"saved as 'queued-in-browser'\")", timeout=240_000)
+        page.wait_for_selector(".sig-findings li", timeout=60_000)
         page.wait_for_timeout(1500)  # the smooth scroll ends
         top = page.locator(".sig-scroll-anchor").evaluate("a => a.getBoundingClientRect().top")
         assert 0 <= top < 300, top  # the results were scrolled into view
+        for _ in range(12):  # plots draw when scrolled to: walk down the page
+            page.mouse.wheel(0, 600)
+            page.wait_for_timeout(300)
+        page.wait_for_selector(".js-plotly-plot .sankey", timeout=60_000)
         assert page.locator("button:has-text('Run')").is_enabled()
         assert (site["store"] / "queued-in-browser" / "manifest.json").is_file()
     finally:

@@ -16,7 +16,7 @@ from signatures.app import BuilderApp
 from signatures.store import list_experiments, save_experiment
 
 #: Stages a job reports, in the order the page must show them.
-ORDER = ["started", "loading", "startup", "training", "extraction", "evaluation", "clustering", "projection",
+ORDER = ["warming", "started", "loading", "startup", "training", "extraction", "evaluation", "clustering", "projection",
          "saving", "analysis", "done"]
 
 
@@ -205,7 +205,7 @@ def test_progress_lines_arrive_in_order_and_the_results_come_from_the_store(stor
     assert exp is not None, (app.error.value, app.status.value)
     assert app.error.value == "" and app.queue.value == ""
     firsts = sorted(set(shown), key=shown.index)
-    assert firsts == [s for s in ORDER if s in firsts] and shown[0] == "started" and shown[-1] == "done"
+    assert firsts == [s for s in ORDER if s in firsts] and shown[0] in ("warming", "started") and shown[-1] == "done"
     assert {"loading", "training", "clustering", "projection", "saving", "done"} <= set(shown)
     # every event from the worker is shown once, in order; then the page's own last line
     assert shown[:-1] == [e["stage"] for e in job.events()] and shown[-1] == "done"

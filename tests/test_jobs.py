@@ -48,7 +48,7 @@ def test_a_job_stores_the_experiment_and_reports_progress_in_order(jobs, tmp_pat
     stages = [e["stage"] for e in events]
     firsts = sorted(set(stages), key=stages.index)
     assert firsts == [s for s in ORDER if s in firsts], stages
-    assert stages[0] == "started" and stages[-1] == "done"
+    assert stages[0] in ("warming", "started") and stages[-1] == "done"  # warming: the worker was still loading
     assert {"training", "clustering", "projection", "saving"} <= set(stages)
     epochs = [e["message"] for e in events if e["stage"] == "training" and "epoch" in e["message"]]
     assert len(epochs) >= 2, "every epoch is reported"

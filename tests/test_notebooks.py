@@ -55,9 +55,10 @@ def test_gallery_notebook(small_experiment, tmp_path):
 def test_builder_notebook_runs_a_small_experiment(tmp_path):
     nb = execute("builder.ipynb", [
         "app.n_per_class.value = '40'\napp.epochs.value = 1\napp.hidden.value = '8'\napp.k_max.value = 4\n"
-        "app.name.value = 'from-notebook'\nexp = app.run()\nprint('ran', exp is not None, app.error.value == '')",
+        "app.name.value = 'from-notebook'\njob = app.run()\nexp = app.wait(540)\n"
+        "print('ran', job is not None, exp is not None, app.error.value == '')",
     ], {"SIGNATURES_STORE": str(tmp_path)})
-    assert "ran True True" in outputs(nb)
+    assert "ran True True True" in outputs(nb), outputs(nb)
     assert [m["name"] for m in list_experiments(tmp_path)] == ["from-notebook"]
 
 

@@ -315,7 +315,7 @@ def test_tampered_arrays_of_the_right_size_are_refused(source, tmp_path, where):
     file = path / "arrays.npz"
     data = bytearray(file.read_bytes())
     at = {"start": 200, "middle": len(data) // 2, "end": len(data) - 30}[where]
-    data[at:at + 16] = bytes(16)
+    data[at:at + 16] = bytes(b ^ 0xFF for b in data[at:at + 16])  # every byte changes
     file.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="arrays.npz is damaged"):
         load_experiment(path)

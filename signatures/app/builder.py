@@ -245,6 +245,13 @@ class BuilderApp:
         self.epochs = W.BoundedIntText(value=5, min=0, max=200, description="Epochs", **label)
         self.k_min = NumberText(value="2", description="K from", **label)
         self.k_max = NumberText(value="10", description="K to", **label)
+        self.k_criterion = W.Dropdown(options=[("best silhouette", "silhouette"),
+                                               ("at least one cluster per class", "classes"),
+                                               ("clusters that best predict the output", "faithfulness"),
+                                               ("a fixed K", "fixed")],
+                                      value="silhouette", description="K chosen by", **label)
+        self.k_fixed = NumberText(value="", description="Fixed K", style={"description_width": "80px"},
+                                  layout=W.Layout(width="200px", display="none"))  # its own layout: it hides
         self.seed = NumberText(value="0", description="Seed", **label)
         self.name = W.Text(value="my-experiment", description="Experiment name", **label)
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
@@ -261,7 +268,7 @@ class BuilderApp:
 
         self.errors = {key: W.HTML() for key in (
             "dataset", "digits", "anomalies", "n_per_class", "arch", "hidden", "filters", "activation",
-            "epochs", "k_range", "seed", "name", "other")}
+            "epochs", "k_range", "k_criterion", "seed", "name", "other")}
         self.filters_row = W.VBox([self.filters, self.errors["filters"]])
         self.arch.observe(lambda _: self._show_arch(), "value")
         self._show_arch()
@@ -273,8 +280,12 @@ class BuilderApp:
             "dataset": [self.dataset], "digits": [self.digit_toggles], "anomalies": [self.anomaly_toggles],
             "n_per_class": [self.n_per_class], "arch": [self.arch], "hidden": [self.hidden],
             "filters": [self.filters], "activation": [self.activation], "epochs": [self.epochs],
-            "k_range": [self.k_min, self.k_max], "seed": [self.seed], "name": [self.name],
+            "k_range": [self.k_min, self.k_max], "k_criterion": [self.k_criterion, self.k_fixed],
+            "seed": [self.seed], "name": [self.name],
         }
+        self.k_criterion.observe(
+            lambda _: setattr(self.k_fixed.layout, "display", "" if self.k_criterion.value == "fixed" else "none"),
+            "value")
         for key, widgets in controls.items():
             for widget in widgets:
                 widget.observe(lambda _, key=key: self._changed(key), "value")
@@ -290,6 +301,7 @@ class BuilderApp:
             self.activation, e["activation"],
             self.epochs, e["epochs"],
             W.HBox([self.k_min, self.k_max]), e["k_range"],
+            W.HBox([self.k_criterion, self.k_fixed]), e["k_criterion"],
             self.anomaly_toggles, e["anomalies"],
             self.seed, e["seed"],
             self.name, e["name"],
@@ -334,6 +346,7 @@ class BuilderApp:
             "arch": self.arch.description, "hidden": self.hidden.description, "filters": self.filters.description,
             "activation": self.activation.description, "epochs": self.epochs.description,
             "k_min": self.k_min.description, "k_max": self.k_max.description, "k_range": "K range",
+            "k_criterion": self.k_criterion.description, "k_fixed": self.k_fixed.description,
             "seed": self.seed.description,
             "name": self.name.description,
         }
@@ -359,6 +372,9 @@ class BuilderApp:
             epochs=self.epochs.value,
             k_min=_int_or_text(self.k_min.value),
             k_max=_int_or_text(self.k_max.value),
+            k_criterion=self.k_criterion.value,
+            k_fixed=(_int_or_text(self.k_fixed.value) if self.k_criterion.value == "fixed"
+                     and self.k_fixed.value.strip() else None),
             umap_points=2000,
             seed=_int_or_text(self.seed.value),
             data_dir=self.data_dir,

@@ -323,9 +323,7 @@ class ExperimentView:
         if kind == "umap":
             return F.layer_umap(exp, key[1], color_by=key[2], rows=self._rows(key[3]))
         if kind == "silhouette":
-            est = exp.clusterers[key[1]]
-            return F.silhouette_curve(est.silhouette_scores_, est.k_, title=f"Silhouette of {key[1]} by K",
-                                      note=est.note_ or None)
+            return F.k_choice_curve(exp.clusterers[key[1]], key[1])
         return self._images(key[1], self._rows(key[2]))
 
     def selection_options(self, inserted=None):
