@@ -62,7 +62,7 @@ def test_plots_read_from_the_zip_are_byte_identical_to_freshly_built_ones(refere
     assert stored == fresh  # same keys, same bytes
     kinds = {key[0] if key[0] != "layers" else key[1] for key in stored}
     assert kinds == {"confusion", "training", "sankey", "umap", "silhouette", "images",
-                     "separation", "cka", "crossovers", "auroc", "exits", "heatmap"}
+                     "separation", "cka", "crossovers", "auroc", "exits", "roc", "heatmap"}
     layers = json.loads((folder / "manifest.json").read_text())["layers"]
     for layer in layers:
         assert ("silhouette", layer) in stored and ("layers", "heatmap", layer) in stored

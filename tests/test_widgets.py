@@ -222,12 +222,13 @@ def damage(store, name):
 
     folder = store / name
     backup = store.parent / f"{store.name}-{name}-backup"
-    shutil.copytree(folder, backup)
+    # Hidden names are temporary files of a plots.zip rewrite that a page may be making meanwhile.
+    shutil.copytree(folder, backup, ignore=shutil.ignore_patterns(".*"))
     DAMAGES[name](folder)
 
     def repair():
-        shutil.rmtree(folder)
-        shutil.copytree(backup, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(backup, folder, dirs_exist_ok=True)
         shutil.rmtree(backup)
     return repair
 
