@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from _common import table, verdict  # noqa: E402  (bench/ is on sys.path when run)
+from _common import free_port, say, table, verdict  # noqa: E402  (bench/ is on sys.path when run)
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -158,16 +158,6 @@ def summary(values):
         return {"n": 0}
     return {"n": len(values), "median_ms": round(statistics.median(values), 2), "max_ms": round(max(values), 2),
             "min_ms": round(min(values), 2)}
-
-
-def say(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def other_load():
