@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from _common import free_port, say, table, verdict  # noqa: E402  (bench/ is on sys.path when run)
+from _common import free_port, other_load, say, table, verdict  # noqa: E402  (bench/ is on sys.path when run)
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -157,33 +157,6 @@ def summary(values):
         return {"n": 0}
     return {"n": len(values), "median_ms": round(statistics.median(values), 2), "max_ms": round(max(values), 2),
             "min_ms": round(min(values), 2)}
-
-
-def other_load():
-    """Other processes using CPU now (one second sample), so a run can say what else was running."""
-    import psutil
-
-    me = {os.getpid()} | {c.pid for c in psutil.Process().children(recursive=True)}
-    procs = []
-    for p in psutil.process_iter(["pid", "name", "cmdline"]):
-        if p.pid in me:
-            continue
-        try:
-            p.cpu_percent(None)
-            procs.append(p)
-        except psutil.Error:
-            pass
-    time.sleep(1.0)
-    busy = []
-    for p in procs:
-        try:
-            cpu = p.cpu_percent(None)
-        except psutil.Error:
-            continue
-        if cpu >= 5.0:
-            busy.append({"pid": p.pid, "cpu_percent": round(cpu, 1),
-                         "cmd": " ".join(p.info["cmdline"] or [p.info["name"]])[:120]})
-    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "busy_processes": busy}
 
 
 def run_worker(kind, *args, timeout=900):
