@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import anomaly as _anomaly
-from . import characteristic as _char
-from . import neurons as _neurons
-from . import separation as _sep
 from .store import write_file_atomic
+
+# The question modules (scikit-learn, scipy) are imported where an analysis is computed: a page
+# kernel that reads a stored analysis.json never loads them.
 
 __all__ = ["analyze", "findings", "load_or_analyze", "format_share", "unseen_set", "ANALYSIS_FILE",
            "TIE_MARGIN", "LOW_ACCURACY", "NEURON_AUROC_MARGIN"]
@@ -139,6 +138,11 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
         start = time.perf_counter()
 
     say("analysis", 0.0, "neurons per layer")
+    from . import anomaly as _anomaly
+    from . import characteristic as _char
+    from . import neurons as _neurons
+    from . import separation as _sep
+
     neurons = {layer: _neurons.layer_neuron_summary(exp, layer) for layer in exp.layers}
     lap("neurons")
     say("analysis", 0.3, "class paths, purity and stability")
@@ -271,7 +275,7 @@ def _input_clause(reference, rule, row=None):
 
 def _separation_sentence(result, exp, classes, problems, low):
     sep = result["separation"]
-    rule = _sep.DEFAULT_RULE
+    from .separation import DEFAULT_RULE as rule
     reference = next((r for r in sep["table"] if _is_input(r)), None)
     hidden = [r for r in sep["table"] if not _is_input(r)]
     broken = dict(problems)

@@ -52,12 +52,14 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 
+import inspect
+from contextlib import contextmanager
+
 import numpy as np
-from sklearn.base import BaseEstimator, ClusterMixin
 from threadpoolctl import threadpool_limits
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
+
+# scikit-learn (with scipy, ~1 s and ~90 MiB) is imported only to fit: a page kernel that reads
+# stored clusterings (LayerKMeans.from_dict, predict) never loads it.
 
 __all__ = ["check_k_range", "silhouette_sweep", "faithfulness_sweep", "select_k", "LayerKMeans", "cluster_layers",
            "CRITERIA"]
@@ -126,7 +128,19 @@ def _check_options(sample_size, n_init, random_state, n_threads):
 
 
 def _kmeans(k, n_init, random_state):
+    from sklearn.cluster import KMeans
+
     return KMeans(n_clusters=k, n_init=n_init, random_state=random_state)
+
+
+@contextmanager
+def _quiet_fit(n_threads):
+    """k-means on ``n_threads`` OpenMP threads, its ConvergenceWarning (duplicate rows) silenced."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(), threadpool_limits(limits=n_threads, user_api="openmp"):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
 
 
 def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, n_threads=1):
@@ -166,12 +180,13 @@ def silhouette_sweep(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, 
         if k == len(distinct):
             labels = inverse  # one cluster per distinct row: the partition k-means would find, exactly
         else:
-            with warnings.catch_warnings(), threadpool_limits(limits=n_threads, user_api="openmp"):
-                warnings.simplefilter("ignore", ConvergenceWarning)
+            with _quiet_fit(n_threads):
                 labels = _kmeans(k, n_init, random_state).fit_predict(X)
         if len(np.unique(labels)) < 2:
             scores[k] = float("nan")
         else:
+            from sklearn.metrics import silhouette_score
+
             scores[k] = float(silhouette_score(X, labels))
     return scores
 
@@ -203,8 +218,7 @@ def faithfulness_sweep(X, y, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_ini
     half = rng.permutation(len(rows)) % 2 == 0
     scores = {}
     for k in check_k_range(k_range, len(Xs)):
-        with warnings.catch_warnings(), threadpool_limits(limits=n_threads, user_api="openmp"):
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with _quiet_fit(n_threads):
             labels = _kmeans(k, n_init, random_state).fit_predict(Xs)
         right = 0
         for fit, test in ((half, ~half), (~half, half)):
@@ -241,7 +255,7 @@ def select_k(X, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_s
     return _best_k(scores), scores
 
 
-class LayerKMeans(ClusterMixin, BaseEstimator):
+class LayerKMeans:
     """k-means on one layer's activations, K chosen by silhouette.
 
     Parameters
@@ -286,6 +300,31 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
         self.n_threads = n_threads
         self.criterion = criterion
         self.k = k
+
+    # scikit-learn's estimator protocol, written here so that reading a stored clustering needs no
+    # scikit-learn: ``sklearn.base.clone`` and parameter grids work as with its own estimators.
+    def get_params(self, deep=True):
+        """The constructor's parameters, by name."""
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
+
+    def set_params(self, **params):
+        """Set constructor parameters by name; an unknown name is refused."""
+        known = self.get_params()
+        for name, value in params.items():
+            if name not in known:
+                raise ValueError(f"LayerKMeans has no parameter {name!r}; it has {sorted(known)}")
+            setattr(self, name, value)
+        return self
+
+    def fit_predict(self, X, y=None):
+        """:meth:`fit`, then the cluster of every row of ``X``."""
+        return self.fit(X, y).labels_
+
+    def __repr__(self):
+        changed = {name: value for name, value in self.get_params().items()
+                   if value is not inspect.signature(type(self).__init__).parameters[name].default}
+        return f"LayerKMeans({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     def _check_criterion(self, y, n_rows):
         if self.criterion not in CRITERIA:
@@ -368,8 +407,7 @@ class LayerKMeans(ClusterMixin, BaseEstimator):
         if k == len(distinct):
             self._fit_distinct(distinct, inverse)
             return self
-        with warnings.catch_warnings(), threadpool_limits(limits=self.n_threads, user_api="openmp"):
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with _quiet_fit(self.n_threads):
             km = _kmeans(k, self.n_init, self.random_state).fit(X)
         self.k_ = int(k)
         self.centers_ = km.cluster_centers_

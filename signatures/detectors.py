@@ -34,9 +34,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
-from sklearn.covariance import ledoit_wolf
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
-from sklearn.neighbors import NearestNeighbors
 
 __all__ = [
     "msp",
@@ -50,6 +47,21 @@ __all__ = [
     "detection_metrics",
     "fpr_at_tpr",
 ]
+
+# scikit-learn is imported where a detector is fitted or scored: reading the names and titles
+# (the findings, the pages) needs none of it.
+
+
+def _ledoit_wolf(X, **kwargs):
+    from sklearn.covariance import ledoit_wolf as fit
+
+    return fit(X, **kwargs)
+
+
+def _nearest_neighbors(**kwargs):
+    from sklearn.neighbors import NearestNeighbors
+
+    return NearestNeighbors(**kwargs)
 
 
 def _rows(X, what="features"):
@@ -100,7 +112,7 @@ def energy(logits, *, temperature=1.0):
 
 def _shrunk_precision(centered):
     """Precision matrix of Ledoit-Wolf shrunk covariance of already centered rows."""
-    cov, _ = ledoit_wolf(centered, assume_centered=True)
+    cov, _ = _ledoit_wolf(centered, assume_centered=True)
     return np.linalg.pinv(cov, hermitian=True)
 
 
@@ -181,7 +193,7 @@ class KNN:
         X = self._prep(X)
         if k > len(X):
             raise ValueError(f"k = {k} is larger than the {len(X)} training rows")
-        self.nn_ = NearestNeighbors(n_neighbors=k).fit(X)
+        self.nn_ = _nearest_neighbors(n_neighbors=k).fit(X)
         return self
 
     def score(self, X, *, exclude_self=False):
@@ -225,7 +237,7 @@ class DkNN:
         self.k_ = _positive_int(self.k, "k")
         self.y_ = np.asarray(y_train)
         self.classes_ = np.unique(self.y_)
-        self.nn_ = OrderedDict((name, NearestNeighbors(n_neighbors=self.k_).fit(_rows(X)))
+        self.nn_ = OrderedDict((name, _nearest_neighbors(n_neighbors=self.k_).fit(_rows(X)))
                                for name, X in layers_train.items())
         y_cal = np.asarray(y_cal)
         alpha = self._alpha(layers_cal)
@@ -324,11 +336,11 @@ class SignatureScore:
         labels = np.asarray(labels)
         ids = np.unique(labels)
         means = np.stack([X[labels == c].mean(axis=0) for c in ids])
-        pooled, _ = ledoit_wolf(X - means[np.searchsorted(ids, labels)], assume_centered=True)
+        pooled, _ = _ledoit_wolf(X - means[np.searchsorted(ids, labels)], assume_centered=True)
         parts = []
         for i, c in enumerate(ids):
             member = labels == c
-            cov = (ledoit_wolf(X[member] - means[i], assume_centered=True)[0]
+            cov = (_ledoit_wolf(X[member] - means[i], assume_centered=True)[0]
                    if member.sum() >= self.min_cluster else pooled)
             _, logdet = np.linalg.slogdet(cov + 1e-9 * np.eye(len(cov)))
             parts.append((means[i], np.linalg.pinv(cov, hermitian=True), logdet, np.log(member.mean())))
@@ -411,6 +423,8 @@ class SignatureScore:
 
 def fpr_at_tpr(scores, is_positive, *, tpr=0.95):
     """False-positive rate at the first threshold reaching ``tpr`` of the positives."""
+    from sklearn.metrics import roc_curve
+
     fpr, tprs, _ = roc_curve(np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64))
     return float(fpr[np.searchsorted(tprs, tpr, side="left")])
 
@@ -426,6 +440,8 @@ def detection_metrics(scores, is_positive):
         raise ValueError(f"scores and labels differ in length: {len(s)} and {len(y)}")
     if y.all() or not y.any():
         return {"auroc": None, "fpr95": None, "aupr": None}
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     return {"auroc": float(roc_auc_score(y, s)), "fpr95": fpr_at_tpr(s, y), "aupr": float(average_precision_score(y, s))}
 
 
@@ -561,6 +577,8 @@ TITLES = {
 
 
 def _roc_points(scores, positive, n=60):
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(positive, scores)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(n, len(fpr))).round().astype(int))
     return {"fpr": [round(float(v), 4) for v in fpr[keep]], "tpr": [round(float(v), 4) for v in tpr[keep]]}

@@ -39,7 +39,6 @@ Effect sizes
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 __all__ = [
     "class_means",
@@ -292,6 +291,24 @@ def layer_status(X, *, threshold=0.0):
 # --------------------------------------------------------------------------- effect sizes
 
 
+def _average_ranks(X):
+    """Ranks 1..n of every column of ``X``, ties sharing their mean rank (``scipy.stats.rankdata``'s
+    default, written with numpy so that a page kernel showing neurons never loads scipy)."""
+    n = len(X)
+    order = np.argsort(X, axis=0, kind="stable")
+    ordered = np.take_along_axis(X, order, axis=0)
+    pos = np.broadcast_to(np.arange(n)[:, None], X.shape)
+    starts = np.ones(X.shape, dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    ends = np.ones(X.shape, dtype=bool)
+    ends[:-1] = starts[1:]
+    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=0)
+    last = np.minimum.accumulate(np.where(ends, pos, n - 1)[::-1], axis=0)[::-1]
+    ranks = np.empty(X.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=0)
+    return ranks
+
+
 def auroc_per_neuron(X, member_mask):
     """AUROC of each neuron's activation at telling members from non-members.
 
@@ -314,7 +331,7 @@ def auroc_per_neuron(X, member_mask):
     mask = _check_mask(member_mask, len(X))
     n_in = int(mask.sum())
     n_out = len(mask) - n_in
-    ranks = rankdata(X, axis=0)
+    ranks = _average_ranks(X)
     u = ranks[mask].sum(axis=0) - n_in * (n_in + 1) / 2.0
     return u / (n_in * n_out)
 

@@ -279,3 +279,18 @@ def test_layer_neuron_summary_on_real_mnist(small_experiment):
         assert abs(s["signatures"][1][0]["auroc"] - 0.5) > 0.4
         assert set(s["anomalies"]) == {3, 4}
         assert s["status"] == "ok"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_average_ranks_match_scipy_with_ties(seed):
+    from scipy.stats import rankdata
+
+    from signatures.neurons import _average_ranks
+
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        shape = (int(rng.integers(1, 30)), int(rng.integers(1, 5)))
+        X = rng.integers(0, int(rng.integers(1, 5)), size=shape).astype(np.float64)  # many ties
+        if rng.random() < 0.3:
+            X = rng.normal(size=shape)
+        np.testing.assert_allclose(_average_ranks(X), rankdata(X, axis=0))

@@ -221,3 +221,37 @@ def test_the_cli_run_writes_plots_zip(tmp_path):
     plots, why = read_plots(out)
     assert why == "" and ("confusion",) in plots and ("layers", "separation") in plots
     assert is_experiment_folder(out) == (True, "")
+
+
+PAGE_KERNEL = r"""
+import json, sys
+from signatures.app import build_gallery, build_layers
+
+store, name = sys.argv[1], sys.argv[2]
+gallery = build_gallery(store, preload=True)
+view = gallery.select(name)
+widget = view.widget
+layers = build_layers(store)
+layers.select(name)
+clusters = [v for _, v in layers.subject.options if v[0] == "cluster"]
+layers.subject.value = clusters[0]  # a cluster's signature neurons: ranked in the kernel
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"sklearn", "scipy", "pandas", "tensorflow", "keras",
+                                                      "umap", "numba", "distributed", "matplotlib", "voila",
+                                                      "jupyter_server", "jsonschema"})
+print(json.dumps({"heavy": heavy, "failed": gallery.failed, "message": gallery.message.value,
+                  "table": layers.signature_table.value}))
+"""
+
+
+def test_page_kernels_never_load_scikit_learn_scipy_or_tensorflow(store):
+    """A class's kernels stay light (~85 MiB, imports under 1 s): the pages only read what was stored."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", PAGE_KERNEL, str(store), "small"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["failed"] == {} and out["message"] == ""
+    assert "Signature neurons of cluster" in out["table"] and "<td>n" in out["table"]
+    assert out["heavy"] == []

@@ -12,11 +12,20 @@ TensorFlow and no umap: stored experiments are browsed from their arrays, and ev
 view shows is built once and cached.
 """
 
-from .builder import BuilderApp, build_builder
-from .common import store_root
-from .gallery import GalleryApp, build_gallery
-from .layers import LayersApp, build_layers
-from .view import ExperimentView
+import importlib
+
+#: Name -> the module that defines it. Imported on first use, so that a Gallery kernel
+#: never loads the Builder's job client (Dask) and a Builder kernel never loads the views.
+_HOME = {
+    "store_root": "common",
+    "ExperimentView": "view",
+    "GalleryApp": "gallery",
+    "build_gallery": "gallery",
+    "BuilderApp": "builder",
+    "build_builder": "builder",
+    "LayersApp": "layers",
+    "build_layers": "layers",
+}
 
 __all__ = [
     "store_root",
@@ -31,9 +40,21 @@ __all__ = [
 ]
 
 
+def __getattr__(name):
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOME))
+
+
 def build_app(kind, **kwargs):
     """``build_app("builder")``, ``build_app("gallery")`` or ``build_app("layers")``."""
-    apps = {"builder": build_builder, "gallery": build_gallery, "layers": build_layers}
+    apps = ("builder", "gallery", "layers")
     if kind not in apps:
         raise ValueError(f"app must be one of {sorted(apps)}, got {kind!r}")
-    return apps[kind](**kwargs)
+    return __getattr__(f"build_{kind}")(**kwargs)
