@@ -76,15 +76,76 @@ def test_a_bad_token_is_not_echoed_whole():
 
 
 def test_class_limits():
-    assert site.class_limits(30) == {"page_cap": 36, "total_cap": 72, "gallery_pool": 4, "pool": 2}
-    assert site.class_limits(1) == {"page_cap": 3, "total_cap": 6, "gallery_pool": 2, "pool": 1}
-    assert site.class_limits(200)["gallery_pool"] == 6
+    assert site.class_limits(30) == {"page_cap": 36, "total_cap": 72, "gallery_pool": 30, "pool": 2}
+    assert site.class_limits(1) == {"page_cap": 3, "total_cap": 6, "gallery_pool": 1, "pool": 1}
     for size in (2, 10, 30, 60):
         limits = site.class_limits(size)
         assert limits["page_cap"] >= size and limits["total_cap"] >= 2 * size
     for bad in (0, -3, 501, True, "30", 2.5, None):
         with pytest.raises(ValueError, match=r"--class-size must be a whole number from 1 to 500"):
             site.class_limits(bad)
+
+
+class _Task:
+    def __init__(self, done):
+        self._done = done
+
+    def done(self):
+        return self._done
+
+
+class _Pools:
+    """What PoolKeeper sees of Voilà's kernel manager: its pools' config, pools, refill and the visitors' kernels."""
+
+    def __init__(self, gallery_pool, held=0):
+        self.kernel_pools_config = {"default": {"pool_size": 2}, "gallery.ipynb": {"pool_size": gallery_pool}}
+        self._pools = {"gallery.ipynb": [], "layers.ipynb": []}
+        self.held = held
+        self.delays = []
+
+    def fill_if_needed(self, delay=None, notebook_name=None, **kwargs):  # Voilà's: up to the configured size
+        config = self.kernel_pools_config
+        size = config.get(notebook_name, config["default"])["pool_size"]
+        pool = self._pools.setdefault(notebook_name, [])
+        for _ in range(size - len(pool)):
+            pool.append(_Task(done=False))
+            self.delays.append(delay)
+
+    def in_use(self):
+        return self.held, {"gallery.ipynb": self.held}
+
+
+def test_a_pool_refill_stays_within_the_page_cap_and_tops_up_in_batches():
+    limits = site.class_limits(30)
+    km = _Pools(limits["gallery_pool"], held=30)  # a class of 30 holds its 30 Gallery kernels
+    keeper = site.PoolKeeper(km, limits, batch=4)
+    assert km.fill_if_needed == keeper.fill
+    km.fill_if_needed(delay=None, notebook_name="gallery.ipynb")  # Voilà's refill after a handout
+    assert len(km._pools["gallery.ipynb"]) == 6  # the cap's margin (36 - 30), not 30 more
+    assert km.kernel_pools_config["gallery.ipynb"]["pool_size"] == 30  # the configured size is kept
+    km.held = 36
+    km._pools["gallery.ipynb"].clear()
+    keeper.top_up()
+    assert km._pools["gallery.ipynb"] == []  # a full page starts nothing; the Layers page is not full
+    assert len(km._pools["layers.ipynb"]) == 2 and keeper.starting() == 2
+    km.held = 0  # the class has left: top-ups of at most 4 kernels, none while 4 are starting
+    keeper.top_up()
+    assert len(km._pools["gallery.ipynb"]) == 2 and keeper.starting() == 4
+    for task in km._pools["layers.ipynb"]:
+        task._done = True
+    keeper.top_up()
+    keeper.top_up()
+    assert len(km._pools["gallery.ipynb"]) == 4
+    for task in km._pools["gallery.ipynb"]:
+        task._done = True
+    keeper.top_up()
+    assert len(km._pools["gallery.ipynb"]) == 8 and km.delays[-1] == 0
+    for _ in range(20):  # kernels finish starting: the pools fill, 4 at a time, to their sizes
+        for task in km._pools["gallery.ipynb"] + km._pools["layers.ipynb"]:
+            task._done = True
+        keeper.top_up()
+        assert keeper.starting() <= 4
+    assert len(km._pools["gallery.ipynb"]) == 30 and len(km._pools["layers.ipynb"]) == 2
 
 
 def test_store_label_is_never_absolute(tmp_path):

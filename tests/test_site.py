@@ -198,7 +198,8 @@ def test_voila_args():
     assert not any("kernel_pools_config" in a for a in off)  # no pools without preheating
     given = site.voila_args(token="x" * 20, allow_hosts=["Class.Example.org"], class_size=30)
     assert "--Voila.token=" + "x" * 20 in given and "--SignaturesVoila.allow_hosts=class.example.org" in given
-    assert "--pool_size=2" in given and any('"gallery.ipynb": {"pool_size": 4}' in a for a in given)
+    assert "--pool_size=2" in given and any('"gallery.ipynb": {"pool_size": 30}' in a for a in given)
+    assert f"--VoilaExecutor.iopub_timeout={site.IOPUB_TIMEOUT_S}" in args
 
 
 def test_pools_keep_more_gallery_kernels_and_voila_parses_them():

@@ -80,13 +80,65 @@ def _query_experiment(query=None):
     from urllib.parse import parse_qs
 
     if query is None:
-        try:
-            from voila.utils import get_query_string
-
-            query = get_query_string()
-        except ImportError:
-            query = os.environ.get("QUERY_STRING")
+        query = _request_query()
     return parse_qs(query or "").get("experiment", [None])[0]
+
+
+#: Seconds a preheated kernel's request for its page's query string may take to connect.
+REQUEST_CONNECT_TIMEOUT_S = 30
+
+
+def _request_query():
+    """The query string of the page request this kernel serves.
+
+    A kernel Voilà preheated runs its notebook before any visitor comes; it learns the
+    request it was handed out for over Voilà's websocket ``voila/query/<kernel id>``, which
+    sends one JSON object of CGI-style variables (``QUERY_STRING``, ``PATH_INFO``, ...) when
+    a visitor takes the kernel. They are put in the environment, as Voilà's
+    ``voila.utils.get_query_string`` does. Importing that function loads the whole Jupyter
+    server (jsonschema compiles grammars: about 5 s of CPU per kernel, 30 kernels at once
+    when a class's pool starts), so the protocol is spoken here with tornado, which every
+    kernel has loaded already. Elsewhere ``$QUERY_STRING`` is read as it is.
+    """
+    env = os.environ
+    if not _preheating() or not env.get("VOILA_KERNEL_ID"):
+        return env.get("QUERY_STRING")
+    import asyncio
+    import json
+
+    from tornado.websocket import websocket_connect
+
+    base = env.get("VOILA_WS_BASE_URL", env.get("VOILA_SERVER_URL", "/"))
+    url = (f"{env.get('VOILA_WS_PROTOCOL', 'ws')}://{env.get('VOILA_APP_IP', '127.0.0.1')}:"
+           f"{env.get('VOILA_APP_PORT', '8866')}{base}voila/query/{env['VOILA_KERNEL_ID']}")
+    got = {}
+
+    async def receive():
+        conn = await websocket_connect(url, connect_timeout=REQUEST_CONNECT_TIMEOUT_S)
+        try:
+            return await conn.read_message()
+        finally:
+            conn.close()
+
+    def run():  # the kernel's own event loop is running this cell: the request waits in a thread of its own
+        loop = asyncio.new_event_loop()
+        try:
+            got["message"] = loop.run_until_complete(receive())
+        except Exception as exc:  # no request info: the page shows no experiment preselected, and says nothing
+            _log.warning("could not learn the page request from %s: %s", url, exc)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="signatures-request", daemon=True)
+    thread.start()
+    thread.join()
+    try:
+        info = json.loads(got.get("message") or "{}")
+    except ValueError:
+        info = {}
+    if isinstance(info, dict):
+        env.update({str(k): str(v) for k, v in info.items()})
+    return env.get("QUERY_STRING")
 
 
 def _preheating():

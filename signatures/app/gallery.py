@@ -142,7 +142,7 @@ class GalleryApp:
         """Select the experiment named by ``?experiment=NAME`` in the page's query string.
 
         Under Voilà with preheated kernels this waits for the page request
-        (``voila.utils.get_query_string``); elsewhere it reads ``$QUERY_STRING``.
+        (Voilà's request-info websocket, see ``common._request_query``); elsewhere it reads ``$QUERY_STRING``.
         """
         name = _query_experiment(query)
         if name:

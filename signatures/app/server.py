@@ -40,7 +40,6 @@ import contextvars
 import hashlib
 import ipaddress
 import json
-import math
 import os
 import re
 import secrets
@@ -55,7 +54,7 @@ import jinja2
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from jupyter_server.utils import url_path_join
-from tornado import web
+from tornado import ioloop, web
 from tornado.httputil import split_host_and_port
 from tornado.routing import Matcher, Rule
 from traitlets import Int, List, Unicode, default
@@ -100,6 +99,11 @@ MAX_CLASS_SIZE = 500
 #: every CULL_INTERVAL_S): a closed tab's kernel goes within a minute.
 CULL_IDLE_S = 40
 CULL_INTERVAL_S = 10
+#: Seconds Voilà waits for a cell's output after the cell has run (nbclient's default: 4).
+IOPUB_TIMEOUT_S = 60
+#: Preheated pools are topped up every POOL_TOPUP_S seconds, POOL_TOPUP_BATCH kernels at most at a time.
+POOL_TOPUP_S = 15
+POOL_TOPUP_BATCH = 4
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -459,9 +463,10 @@ def class_limits(class_size=DEFAULT_CLASS_SIZE):
     dict
         ``page_cap``: most live kernels of one page (each visitor holds one per open tab,
         plus a margin for reloads); ``total_cap``: most live visitors' kernels in all
-        (two pages per visitor on average); ``gallery_pool``: preheated Gallery kernels
-        (one per eight visitors, from 2 to 6: a class opens the gallery first); ``pool``:
-        preheated kernels of each other page (1, 2 from 20 visitors).
+        (two pages per visitor on average); ``gallery_pool``: preheated Gallery kernels, one
+        per visitor (a class opens the gallery first, all at once; an idle Gallery kernel
+        holds about 90 MiB); ``pool``: preheated kernels of each other page (1, 2 from 20
+        visitors).
     """
     if isinstance(class_size, bool) or not isinstance(class_size, int) or not 1 <= class_size <= MAX_CLASS_SIZE:
         raise ValueError(f"--class-size must be a whole number from 1 to {MAX_CLASS_SIZE}, got {class_size!r}")
@@ -469,7 +474,7 @@ def class_limits(class_size=DEFAULT_CLASS_SIZE):
     return {
         "page_cap": page_cap,
         "total_cap": 2 * page_cap,
-        "gallery_pool": min(6, max(2, math.ceil(class_size / 8))),
+        "gallery_pool": class_size,
         "pool": 1 if class_size < 20 else 2,
     }
 
@@ -823,6 +828,57 @@ class PlotlyJsHandler(web.StaticFileHandler):
         self.set_header("Cache-Control", "no-cache")
 
 
+class PoolKeeper:
+    """Keeps each page's pool of preheated kernels within the caps, and tops it up while quiet.
+
+    Voilà refills a pool to its full size each time it hands a kernel out, so a class of 30
+    taking 30 pooled kernels would start 30 more at once, on the cores the class is using.
+    Here a pool grows only while the page's kernels (visitors' and pooled) stay within its
+    cap: once a class holds its kernels, at most the cap's margin is started. Every
+    ``interval`` seconds the pools are topped up again (after a class has left), at most
+    ``batch`` kernels at a time, none while ``batch`` are still starting.
+    """
+
+    def __init__(self, kernel_manager, limits, *, interval=POOL_TOPUP_S, batch=POOL_TOPUP_BATCH):
+        self.km = kernel_manager
+        self.limits = limits
+        self.batch = batch
+        self._voila_fill = kernel_manager.fill_if_needed
+        kernel_manager.fill_if_needed = self.fill
+        self.timer = ioloop.PeriodicCallback(self.top_up, interval * 1000)
+
+    def room(self, notebook_name):
+        """Kernels the page ``notebook_name`` may still hold, pooled ones included."""
+        total, pages = self.km.in_use()
+        page = Path(str(notebook_name)).name
+        return max(min(self.limits["page_cap"] - pages.get(page, 0), self.limits["total_cap"] - total), 0)
+
+    def fill(self, delay=None, notebook_name=None, *, most=None, **kwargs):
+        """Voilà's refill, up to the pool's size but no further than the page's cap allows."""
+        config = self.km.kernel_pools_config
+        own = dict(config.get(notebook_name, config.get("default", {})))
+        want = min(int(own.get("pool_size", 1)), self.room(notebook_name))
+        if most is not None:
+            want = min(want, len(self.km._pools.get(notebook_name, ())) + most)
+        self.km.kernel_pools_config = {**config, notebook_name: {**own, "pool_size": want}}
+        try:
+            self._voila_fill(delay=delay, notebook_name=notebook_name, **kwargs)
+        finally:
+            self.km.kernel_pools_config = config
+
+    def starting(self):
+        """Pooled kernels still starting."""
+        return sum(not task.done() for pool in self.km._pools.values() for task in pool)
+
+    def top_up(self):
+        """Start up to ``batch`` missing pool kernels, when fewer than ``batch`` are starting."""
+        for name in list(self.km._pools):
+            budget = self.batch - self.starting()
+            if budget <= 0:
+                return
+            self.fill(delay=0, notebook_name=name, most=budget)
+
+
 class SignaturesVoila(Voila):
     """Voilà with the site's landing page at the root URL, its APIs, host check and kernel caps.
 
@@ -879,6 +935,9 @@ class SignaturesVoila(Voila):
         if self.server_url.rstrip("/"):
             ours.append((self.server_url.rstrip("/"), web.RedirectHandler, {"url": self.base_url}))
         # Every request, Voilà's too, first passes the Host check: a refused name matches this rule.
+        if hasattr(self.kernel_manager, "fill_if_needed"):  # preheated pools
+            self.pool_keeper = PoolKeeper(self.kernel_manager, limits)
+            self.pool_keeper.timer.start()
         names = served_names(self.ip, self.allow_hosts)
         router = self.app.default_router
         router.rules.insert(0, router.process_rule(Rule(_RefusedHost(names), RefusedHostHandler, {"names": names})))
@@ -895,6 +954,25 @@ def _url_host(address):
     except ValueError:
         return address
     return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+#: Resident memory of an idle page kernel, measured (bench/bench_kernel.py): ~85 MiB.
+PAGE_KERNEL_MIB = 90
+
+
+def pool_note(class_size=DEFAULT_CLASS_SIZE, pool_size=None, gallery_pool_size=None, preheat=True):
+    """One line for the console: the preheated kernels kept ready and the memory they hold."""
+    limits = class_limits(class_size)
+    if pool_size is None:
+        pool_size = limits["pool"]
+        gallery_pool_size = limits["gallery_pool"] if gallery_pool_size is None else gallery_pool_size
+    sizes = pool_sizes(pool_size, gallery_pool_size)
+    gallery, other = sizes["gallery.ipynb"]["pool_size"], sizes["default"]["pool_size"]
+    if not preheat or pool_size <= 0:
+        return f"no preheated kernels: each visitor waits for a kernel to start (class of {class_size})"
+    kernels = gallery + 2 * other
+    return (f"class of {class_size}: {gallery} Gallery, {other} Layers and {other} Builder kernels kept ready "
+            f"(about {kernels * PAGE_KERNEL_MIB / 1024:.1f} GiB); at most {limits['page_cap']} visitors per page")
 
 
 def pool_sizes(pool_size=1, gallery_pool_size=None):
@@ -983,6 +1061,9 @@ def voila_args(*, port=8866, address="127.0.0.1", class_size=DEFAULT_CLASS_SIZE,
         f"--MappingKernelManager.cull_idle_timeout={CULL_IDLE_S}",
         f"--MappingKernelManager.cull_interval={CULL_INTERVAL_S}",
         "--MappingKernelManager.cull_connected=False",
+        # A cell's output (the app's widget) may reach the server seconds after the cell ends
+        # while a class's pool starts: wait for it rather than render a page without it.
+        f"--VoilaExecutor.iopub_timeout={IOPUB_TIMEOUT_S}",
     ]
     ipc_root = ipc_connection_root()
     if ipc_root is not None:
@@ -1073,6 +1154,7 @@ def serve(*, port=8866, address="127.0.0.1", store="runs", data_dir=None, class_
     else:
         os.environ.pop(SCHEDULER_ENV, None)
     print(f"open {site_url(address, port, token)}", file=sys.stderr, flush=True)
+    print(pool_note(class_size, pool_size, gallery_pool_size, preheat), file=sys.stderr, flush=True)
     if not is_loopback(address):
         print("the token is required of every visitor; anyone with this URL can use the site", file=sys.stderr,
               flush=True)
