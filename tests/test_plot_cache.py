@@ -255,3 +255,22 @@ def test_page_kernels_never_load_scikit_learn_scipy_or_tensorflow(store):
     assert out["failed"] == {} and out["message"] == ""
     assert "Signature neurons of cluster" in out["table"] and "<td>n" in out["table"]
     assert out["heavy"] == []
+
+
+def test_a_kernel_keeps_few_views_and_preloads_few_experiments(store, monkeypatch):
+    """A store that grows with a class's experiments does not grow every kernel."""
+    for name in ("b", "c"):
+        shutil.copytree(store / "small", store / name)
+    monkeypatch.setattr(GalleryApp, "KEEP_VIEWS", 2)
+    monkeypatch.setattr(GalleryApp, "PRELOAD_LIMIT", 2)
+    app = GalleryApp(store)
+    app.preload_in_background().join(120)
+    assert list(app._views) == ["b", "c"]  # the first two in the landing page's (sorted) order
+    first = app.select("b").widget
+    assert list(app._views) == ["c", "b"]
+    assert app.select("small") is not None and list(app._views) == ["b", "small"]  # c, least recent, went
+    assert first.comm is not None  # b is kept, its widget still live
+    assert app.select("c") is not None and list(app._views) == ["small", "c"]
+    assert first.comm is None and all(getattr(w, "comm", None) is None for w in first.children)  # b's closed
+    assert app.body.children == (app._views["c"].widget,) and app.message.value == ""
+    assert app.select("b").widget is not first and list(app._views) == ["c", "b"]  # read again when chosen

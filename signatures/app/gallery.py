@@ -19,6 +19,12 @@ from .view import ExperimentView, _rebuild_in_background
 class GalleryApp:
     """Pick a stored experiment and see every view of it, without recomputing.
 
+    A kernel keeps the views of at most :attr:`KEEP_VIEWS` experiments (the least recently
+    chosen ones go, their widgets closed), and a preheated kernel loads only the first
+    :attr:`PRELOAD_LIMIT` (the landing page's order) before its visitor comes: a store that
+    grows with a class's own experiments does not grow every kernel. Any other experiment
+    is read from its ``plots.zip`` when chosen (about 0.1 s).
+
     Parameters
     ----------
     store : str or Path, optional
@@ -26,6 +32,11 @@ class GalleryApp:
     renderer : {"widget", "mime"}, optional
         How plots are drawn (default :func:`signatures.plotview.plot_renderer`).
     """
+
+    #: Experiments a preheated kernel loads before its visitor comes.
+    PRELOAD_LIMIT = 4
+    #: Experiments whose views one kernel keeps (each holds its arrays and figures: 10-20 MiB).
+    KEEP_VIEWS = 6
 
     def __init__(self, store=None, *, renderer=None):
         self.store = store_root(store)
@@ -88,7 +99,7 @@ class GalleryApp:
         experiment first: :meth:`select` loads it itself, and the thread waits while it
         does, between experiments. Returns the thread.
         """
-        names = list(names if names is not None else self.manifests)
+        names = list(names if names is not None else list(self.manifests)[:self.PRELOAD_LIMIT])
 
         def work():
             for name in names:
@@ -116,7 +127,9 @@ class GalleryApp:
         try:
             if name not in self._views:
                 self._views.setdefault(name, self._view(name))
-            view = self._views[name]
+            view = self._views.pop(name)
+            self._views[name] = view  # the most recently chosen last
+            self._forget_old(keep=name)
             widget = view.widget
             if self.picker.value != name:
                 self.picker.value = name
@@ -138,11 +151,22 @@ class GalleryApp:
         finally:
             self._not_selecting.set()
 
+    def _forget_old(self, keep):
+        """Drop the least recently chosen views beyond :attr:`KEEP_VIEWS`, closing their widgets."""
+        while len(self._views) > self.KEEP_VIEWS:
+            oldest = next(iter(self._views))
+            if oldest == keep:
+                return
+            old = self._views.pop(oldest, None)
+            if old is not None and old._widget is not None:
+                _close_tree(old._widget)
+
     def select_from_query(self, query=None):
         """Select the experiment named by ``?experiment=NAME`` in the page's query string.
 
-        Under Voilà with preheated kernels this waits for the page request
-        (Voilà's request-info websocket, see ``common._request_query``); elsewhere it reads ``$QUERY_STRING``.
+        Under Voilà with preheated kernels this waits for the page request (Voilà's
+        request-info websocket, see ``common._request_query``); elsewhere it reads
+        ``$QUERY_STRING``.
         """
         name = _query_experiment(query)
         if name:
@@ -151,12 +175,19 @@ class GalleryApp:
         return None
 
 
+def _close_tree(widget):
+    """Close ``widget`` and every widget below it (the kernel and the page forget them)."""
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
+
+
 def build_gallery(store=None, *, preload="auto", renderer=None):
     """The gallery app (see :class:`GalleryApp`).
 
-    ``preload="auto"`` loads every stored experiment and builds its figures when Voilà
-    is preheating the kernel, so a visitor gets them at once: in a background thread at
-    low priority (:meth:`GalleryApp.preload_in_background`). ``True`` loads them before
+    ``preload="auto"`` loads the first :attr:`GalleryApp.PRELOAD_LIMIT` stored experiments
+    and reads their figures when Voilà is preheating the kernel, so a visitor gets them at
+    once: in a background thread at low priority (:meth:`GalleryApp.preload_in_background`). ``True`` loads them before
     returning; ``False`` never (each is loaded when selected).
     """
     app = GalleryApp(store, renderer=renderer)
