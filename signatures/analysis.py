@@ -29,7 +29,7 @@ __all__ = ["analyze", "findings", "load_or_analyze", "format_share", "unseen_set
            "TIE_MARGIN", "LOW_ACCURACY", "NEURON_AUROC_MARGIN"]
 
 ANALYSIS_FILE = "analysis.json"
-_VERSION = 3
+_VERSION = 4
 
 #: Two shares this close (5 percentage points) are reported as a split, never as one answer.
 TIE_MARGIN = 0.05

@@ -21,9 +21,10 @@ The signature score (:class:`SignatureScore`) is built on what this tool is abou
 clusters of every layer: an input's distance to its nearest cluster of a layer, measured
 with that cluster's own (Ledoit-Wolf shrunk) covariance, is turned into a conformal
 p-value against held-out inputs of the trained classes; the layers' p-values are combined
-by Fisher's statistic, and that statistic is calibrated once more against the held-out
-inputs, so the combined p-value is calibrated too: for an input drawn like the held-out
-ones, ``P(p <= alpha) <= alpha``.
+by a weighted Fisher statistic (the weights: how well each statistic tells a left-out known
+class from the other known classes, never the unseen ones), and that statistic is
+calibrated once more against the held-out inputs, so the combined p-value is calibrated
+too: for an input drawn like the held-out ones, ``P(p <= alpha) <= alpha``.
 
 Metrics (:func:`detection_metrics`): AUROC, the false-positive rate at 95% true-positive
 rate, and the area under the precision-recall curve (unseen inputs are the positives).
@@ -288,10 +289,22 @@ class SignatureScore:
     - the distance to its ``k``-th nearest training row, rows scaled to unit length.
 
     Each statistic becomes a conformal p-value against the held-out inputs of the trained
-    classes; all of them are combined by Fisher's statistic, which is calibrated once more
-    against the held-out inputs (leave-one-out), so the final p-value is calibrated: for an
-    input drawn like the held-out ones, ``P(p <= alpha) <= alpha``. Layers wider than
-    ``max_features`` are reduced by a PCA fitted on the training rows first.
+    classes. They are combined by a weighted Fisher statistic ``sum_j w_j (-2 log p_j)``,
+    which is calibrated once more against the held-out inputs (leave-one-out), so the final
+    p-value is calibrated whatever the weights: for an input drawn like the held-out ones,
+    ``P(p <= alpha) <= alpha`` (up to the weights' own dependence on the held-out inputs).
+    Layers wider than ``max_features`` are reduced by a PCA fitted on the training rows
+    first.
+
+    The weights (``weighting="leave-one-class-out"``, with the classes of the training and
+    held-out rows given and at least three of them) come from the known classes only: each
+    known class in turn is left out, the statistics are fitted on the other classes, and a
+    statistic's weight is how much better than chance it tells the left-out class's held-out
+    inputs from the others' (``max(AUROC - 0.5, 0)``, averaged over the left-out classes).
+    A layer whose statistics do not tell a known class apart from the others (a CNN's
+    pooled 8-filter map, say) thus counts little, instead of diluting the strong ones. With
+    fewer than three known classes, without classes, or with ``weighting="equal"``, every
+    statistic weighs the same (Fisher's plain statistic).
 
     Parameters
     ----------
@@ -303,22 +316,40 @@ class SignatureScore:
         A component with fewer training rows uses the layer's pooled covariance.
     max_features : int
         Widest layer taken as it is.
+    weighting : {"leave-one-class-out", "equal"}
+        How the statistics are weighted in the combination.
     random_state : int
         Seeds the refining k-means and the PCA.
 
+    Attributes
+    ----------
+    statistics_ : list of str
+        ``"<layer>:density"`` and ``"<layer>:neighbours"`` in layer order.
+    weights_ : ndarray of shape (n_statistics,)
+        Weight of each statistic (sum 1).
+    weighting_ : str
+        The weighting used (``"equal"`` where leave-one-class-out was not possible).
+    class_aurocs_ : ndarray of shape (n_classes, n_statistics) or None
+        Leave-one-class-out AUROC of each statistic, per left-out class.
+
     Notes
     -----
-    ``fit(layers_train, layers_cal, clusters=None)``: ordered dicts layer -> rows;
-    ``clusters`` layer -> cluster id of each training row. ``pvalues(layers)`` gives the
+    ``fit(layers_train, layers_cal, clusters=None, *, y_train=None, y_cal=None)``: ordered
+    dicts layer -> rows; ``clusters`` layer -> cluster id of each training row; ``y_train``,
+    ``y_cal`` the class of each training and held-out row. ``pvalues(layers)`` gives the
     combined calibrated p-values, ``layer_pvalues(layers)`` the per-statistic ones, and
     ``score`` is ``-log p``.
     """
 
-    def __init__(self, *, n_components=20, k=10, min_cluster=10, max_features=64, random_state=0):
+    WEIGHTINGS = ("leave-one-class-out", "equal")
+
+    def __init__(self, *, n_components=20, k=10, min_cluster=10, max_features=64, weighting="leave-one-class-out",
+                 random_state=0):
         self.n_components = n_components
         self.k = k
         self.min_cluster = min_cluster
         self.max_features = max_features
+        self.weighting = weighting
         self.random_state = random_state
 
     # -- per layer -------------------------------------------------------------------
@@ -364,19 +395,29 @@ class SignatureScore:
         return out
 
     # -- estimator ------------------------------------------------------------------
-    def fit(self, layers_train, layers_cal, clusters=None):
+    def fit(self, layers_train, layers_cal, clusters=None, *, y_train=None, y_cal=None):
         from sklearn.decomposition import PCA
 
         for what in ("n_components", "min_cluster", "max_features"):
             _positive_int(getattr(self, what), what)
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 0:
             raise ValueError(f"k must be a whole number >= 0, got {self.k!r}")
+        if self.weighting not in self.WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {list(self.WEIGHTINGS)}, got {self.weighting!r}")
         names = list(layers_train)
         if not names:
             raise ValueError("give at least one layer")
         missing = [n for n in names if n not in layers_cal]
         if missing:
             raise ValueError(f"layers {missing} have no held-out rows")
+        if (y_train is None) != (y_cal is None):
+            raise ValueError("give the classes of both the training rows (y_train) and the held-out rows (y_cal), or neither")
+        n_train, n_cal = len(layers_train[names[0]]), len(layers_cal[names[0]])
+        if y_train is not None:
+            y_train, y_cal = np.asarray(y_train), np.asarray(y_cal)
+            if len(y_train) != n_train or len(y_cal) != n_cal:
+                raise ValueError(f"y_train and y_cal must give one class per row: {len(y_train)} and {len(y_cal)} "
+                                 f"classes for {n_train} training and {n_cal} held-out rows")
         clusters = clusters or {}
         self.pca_, self.layers_, self.statistics_ = {}, OrderedDict(), []
         reference = []
@@ -390,16 +431,47 @@ class SignatureScore:
             self.statistics_ += [f"{name}:density"] + ([f"{name}:neighbours"] if len(stats) > 1 else [])
             reference += stats
         self.reference_ = reference
+        self.weights_, self.weighting_, self.class_aurocs_ = self._weights(layers_train, layers_cal, clusters,
+                                                                           y_train, y_cal)
         self.combined_reference_ = self._combine(self._pvalues_of(reference, reference, leave_one_out=True))
         return self
+
+    def _weights(self, layers_train, layers_cal, clusters, y_train, y_cal):
+        """Weights of the statistics: leave-one-class-out AUROC above chance, or equal."""
+        equal = np.full(len(self.statistics_), 1.0 / len(self.statistics_))
+        if self.weighting == "equal" or y_train is None:
+            return equal, "equal", None
+        classes = np.unique(y_train)
+        if len(classes) < 3 or not all((y_cal == c).any() and (y_cal != c).any() for c in classes):
+            return equal, "equal", None
+        from sklearn.metrics import roc_auc_score
+
+        aurocs = []
+        for c in classes:
+            fit, ref, out = y_train != c, y_cal != c, y_cal == c
+            part = SignatureScore(n_components=self.n_components, k=self.k, min_cluster=self.min_cluster,
+                                  max_features=self.max_features, weighting="equal",
+                                  random_state=self.random_state)
+            part.fit({n: np.asarray(v)[fit] for n, v in layers_train.items()},
+                     {n: np.asarray(v)[ref] for n, v in layers_cal.items()},
+                     {n: np.asarray(v)[fit] for n, v in clusters.items()})
+            p_ref = part._pvalues_of(part.reference_, part.reference_, leave_one_out=True)
+            p_out = part.layer_pvalues({n: np.asarray(v)[out] for n, v in layers_cal.items()})
+            positive = np.r_[np.zeros(len(p_ref)), np.ones(len(p_out))]
+            aurocs.append([roc_auc_score(positive, -np.log(np.r_[p_ref[:, j], p_out[:, j]]))
+                           for j in range(p_ref.shape[1])])
+        aurocs = np.asarray(aurocs)
+        above = np.maximum(aurocs.mean(axis=0) - 0.5, 0.0)
+        if above.sum() <= 0:
+            return equal, "equal", aurocs
+        return above / above.sum(), "leave-one-class-out", aurocs
 
     def _pvalues_of(self, reference, stats, *, leave_one_out=False):
         return np.stack([conformal_pvalues(r, s, leave_one_out=leave_one_out) for r, s in zip(reference, stats)],
                         axis=1)
 
-    @staticmethod
-    def _combine(p):
-        return -2.0 * np.log(p).sum(axis=1)
+    def _combine(self, p):
+        return -2.0 * np.log(p) @ self.weights_
 
     def layer_pvalues(self, layers):
         """Calibrated p-value of each statistic (see ``statistics_``), shape (n, n_statistics)."""
@@ -535,7 +607,8 @@ def detector_scores(hidden, labels, split, *, probs, logits=None, clusters=None,
             layers = OrderedDict([("input", np.asarray(inputs, dtype=np.float64).reshape(len(split), -1))]
                                  + list(layers.items()))
         sig = SignatureScore(random_state=random_state).fit(
-            {n: v[train] for n, v in layers.items()}, {n: v[cal] for n, v in layers.items()}, clusters)
+            {n: v[train] for n, v in layers.items()}, {n: v[cal] for n, v in layers.items()}, clusters,
+            y_train=labels[train], y_cal=labels[cal])
         s = np.empty(len(rows))
         s[is_cal] = sig.score(None, calibration=True)
         s[~is_cal] = sig.score({n: v[rows[~is_cal]] for n, v in layers.items()})

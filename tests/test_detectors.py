@@ -91,8 +91,9 @@ def _blobs(rng, n, centers, scale):
     return centers[labels] + rng.normal(scale=scale, size=(n, centers.shape[1])), labels
 
 
+@pytest.mark.parametrize("weighting", ["equal", "leave-one-class-out"])
 @pytest.mark.parametrize("alpha", [0.01, 0.05, 0.1])
-def test_signature_score_is_calibrated_on_in_distribution_data(alpha):
+def test_signature_score_is_calibrated_on_in_distribution_data(alpha, weighting):
     rng = np.random.default_rng(1)
     centers = rng.normal(scale=4.0, size=(3, 5))
     layers = {}
@@ -109,7 +110,9 @@ def test_signature_score_is_calibrated_on_in_distribution_data(alpha):
     from sklearn.cluster import KMeans
 
     clusters = {n: KMeans(3, n_init=4, random_state=0).fit(v).labels_ for n, v in fit.items()}
-    score = SignatureScore().fit(fit, cal, clusters)
+    score = SignatureScore(weighting=weighting).fit(fit, cal, clusters, y_train=labels[split[0]],
+                                                    y_cal=labels[split[1]])
+    assert score.weighting_ == weighting and score.weights_.sum() == pytest.approx(1.0)
     share = float((score.pvalues(test) < alpha).mean())
     assert abs(share - alpha) <= 0.015, (alpha, share)
     held = score.pvalues(cal, calibration=True)
@@ -160,8 +163,59 @@ def test_signature_score_mixture_density_is_exact_for_one_gaussian_component():
     assert weight == 0.0  # log of the one component's share
 
 
-@pytest.mark.parametrize("bad", [{"n_components": 0}, {"k": -1}, {"min_cluster": 1.5}, {"max_features": None}])
+@pytest.mark.parametrize("bad", [{"n_components": 0}, {"k": -1}, {"min_cluster": 1.5}, {"max_features": None},
+                                 {"weighting": "fisher"}])
 def test_signature_score_options_are_named(bad):
     X = np.random.default_rng(0).normal(size=(50, 3))
     with pytest.raises(ValueError, match=next(iter(bad))):
         SignatureScore(**bad).fit({"l": X}, {"l": X})
+
+
+def _signal_and_noise(rng, n, n_classes=3):
+    """Layer "signal": one tight blob per class, far apart; layer "noise": the same law for every class."""
+    y = np.arange(n) % n_classes
+    centers = 10.0 * np.eye(n_classes, 4)
+    return {"signal": centers[y] + rng.normal(size=(n, 4)), "noise": rng.normal(size=(n, 4))}, y
+
+
+def test_leave_one_class_out_weights_a_layer_by_how_it_tells_known_classes_apart():
+    rng = np.random.default_rng(5)
+    train, y_train = _signal_and_noise(rng, 1500)
+    cal, y_cal = _signal_and_noise(rng, 900)
+    score = SignatureScore(n_components=3).fit(train, cal, y_train=y_train, y_cal=y_cal)
+    assert score.weighting_ == "leave-one-class-out"
+    assert score.statistics_ == ["signal:density", "signal:neighbours", "noise:density", "noise:neighbours"]
+    # A left-out class's blob lies far from the other two: told apart perfectly in "signal";
+    # in "noise" every class looks the same, so chance.
+    assert score.class_aurocs_.shape == (3, 4)
+    np.testing.assert_allclose(score.class_aurocs_[:, :2], 1.0)
+    np.testing.assert_allclose(score.class_aurocs_[:, 2:], 0.5, atol=0.07)
+    # weights: max(AUROC - 0.5, 0), normalised: about 1/2 each for the signal, about 0 for the noise.
+    above = np.maximum(score.class_aurocs_.mean(axis=0) - 0.5, 0)
+    np.testing.assert_allclose(score.weights_, above / above.sum())
+    assert score.weights_[:2].min() > 0.42 and score.weights_[2:].max() < 0.08
+    # The combination is the weighted Fisher statistic, calibrated against the held-out rows.
+    test, _ = _signal_and_noise(rng, 300)
+    p = score.layer_pvalues(test)
+    np.testing.assert_allclose(score.pvalues(test),
+                               conformal_pvalues(score.combined_reference_, -2 * np.log(p) @ score.weights_))
+    # An input in a class's blob of "signal" but far out in "noise" is barely flagged; far out in
+    # "signal" it is flagged as strongly as the held-out rows allow.
+    inside = {"signal": 10.0 * np.eye(3, 4)[:1], "noise": np.full((1, 4), 6.0)}
+    outside = {"signal": np.full((1, 4), 30.0), "noise": np.zeros((1, 4))}
+    assert score.pvalues(inside)[0] > 0.05
+    assert score.pvalues(outside)[0] <= 2 / (1 + 900)
+
+
+def test_equal_weights_without_three_known_classes_or_without_classes():
+    rng = np.random.default_rng(6)
+    train, y_train = _signal_and_noise(rng, 600, n_classes=2)
+    cal, y_cal = _signal_and_noise(rng, 300, n_classes=2)
+    for kwargs in ({"y_train": y_train, "y_cal": y_cal}, {}):
+        score = SignatureScore(n_components=2).fit(train, cal, **kwargs)
+        assert score.weighting_ == "equal" and score.class_aurocs_ is None
+        np.testing.assert_allclose(score.weights_, 0.25)
+    with pytest.raises(ValueError, match="y_train.*y_cal.*or neither"):
+        SignatureScore().fit(train, cal, y_train=y_train)
+    with pytest.raises(ValueError, match="one class per row: 5 and 300 classes for 600 training"):
+        SignatureScore().fit(train, cal, y_train=y_train[:5], y_cal=y_cal)
