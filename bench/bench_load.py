@@ -58,7 +58,7 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from _common import free_port, other_load, say, table, tree_rss_mb, verdict  # noqa: E402  (bench/ on sys.path)
+from _common import free_port, other_load, process_kind, say, table, tree_rss_mb, verdict  # noqa: E402  (bench/ on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "load.json"
@@ -201,16 +201,20 @@ class Server:
             time.sleep(0.5)
         cpu, quiet_since = {}, None
         while time.monotonic() < deadline:
-            used = 0.0  # CPU seconds of the whole tree in the last second: 34 kernels sharing 2 cores
-            for p in self.tree():  # each use little, together all of it
-                try:
+            kernels, busy = 0.0, False  # CPU seconds in the last second: the kernels together (34 kernels
+            for p in self.tree():          # sharing 2 cores each use little), every other process alone (the
+                try:                       # server and the Dask scheduler and workers tick while idle)
                     t = sum(p.cpu_times()[:2])
+                    kind = process_kind(p)
                 except Exception:  # noqa: BLE001  (a process that just ended)
                     continue
                 if p.pid in cpu:
-                    used += t - cpu[p.pid]
+                    if kind == "kernel":
+                        kernels += t - cpu[p.pid]
+                    elif t - cpu[p.pid] > 0.3:
+                        busy = True
                 cpu[p.pid] = t
-            busy = used > 0.1
+            busy = busy or kernels > 0.1
             now = time.monotonic()
             if busy:
                 quiet_since = None

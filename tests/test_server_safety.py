@@ -122,6 +122,7 @@ def test_a_pool_refill_stays_within_the_page_cap_and_tops_up_in_batches():
     assert km.fill_if_needed == keeper.fill
     km.fill_if_needed(delay=None, notebook_name="gallery.ipynb")  # Voilà's refill after a handout
     assert len(km._pools["gallery.ipynb"]) == 6  # the cap's margin (36 - 30), not 30 more
+    assert km.delays == [site.REFILL_DELAY_S] * 6  # started once the class's first requests are answered
     assert km.kernel_pools_config["gallery.ipynb"]["pool_size"] == 30  # the configured size is kept
     km.held = 36
     km._pools["gallery.ipynb"].clear()

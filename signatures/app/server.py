@@ -101,6 +101,8 @@ CULL_IDLE_S = 40
 CULL_INTERVAL_S = 10
 #: Seconds Voilà waits for a cell's output after the cell has run (nbclient's default: 4).
 IOPUB_TIMEOUT_S = 60
+#: Seconds after a kernel is handed out before its pool's refill starts (while a class arrives).
+REFILL_DELAY_S = 20
 #: Preheated pools are topped up every POOL_TOPUP_S seconds, POOL_TOPUP_BATCH kernels at most at a time.
 POOL_TOPUP_S = 15
 POOL_TOPUP_BATCH = 4
@@ -831,10 +833,11 @@ class PlotlyJsHandler(web.StaticFileHandler):
 class PoolKeeper:
     """Keeps each page's pool of preheated kernels within the caps, and tops it up while quiet.
 
-    Voilà refills a pool to its full size each time it hands a kernel out, so a class of 30
-    taking 30 pooled kernels would start 30 more at once, on the cores the class is using.
+    Voilà refills a pool to its full size a second after it hands a kernel out, so a class of
+    30 taking 30 pooled kernels would start 30 more at once, on the cores the class is using.
     Here a pool grows only while the page's kernels (visitors' and pooled) stay within its
-    cap: once a class holds its kernels, at most the cap's margin is started. Every
+    cap: once a class holds its kernels, at most the cap's margin is started, and only
+    :data:`REFILL_DELAY_S` seconds later. Every
     ``interval`` seconds the pools are topped up again (after a class has left), at most
     ``batch`` kernels at a time, none while ``batch`` are still starting.
     """
@@ -854,7 +857,13 @@ class PoolKeeper:
         return max(min(self.limits["page_cap"] - pages.get(page, 0), self.limits["total_cap"] - total), 0)
 
     def fill(self, delay=None, notebook_name=None, *, most=None, **kwargs):
-        """Voilà's refill, up to the pool's size but no further than the page's cap allows."""
+        """Voilà's refill, up to the pool's size but no further than the page's cap allows.
+
+        A refill after a hand-out (``delay`` None) starts :data:`REFILL_DELAY_S` seconds later,
+        not Voilà's one second: the kernels starting would slow the class's first view changes.
+        """
+        if delay is None:
+            delay = REFILL_DELAY_S
         config = self.km.kernel_pools_config
         own = dict(config.get(notebook_name, config.get("default", {})))
         want = min(int(own.get("pool_size", 1)), self.room(notebook_name))

@@ -74,11 +74,28 @@ def plots_stamp(folder):
             "key": manifest.get("key"), "created": manifest.get("created")}
 
 
+class StoredPlot(Plot):
+    """A :class:`~signatures.plotview.Plot` read from ``plots.zip``: nothing is decoded or built.
+
+    Its bytes are kept compressed (plotly's JSON shrinks about fourfold) and inflated when a
+    widget sends them (about 1 ms per MB): a page kernel holds the figures of several
+    experiments, and a class holds 30 such kernels.
+    """
+
+    __slots__ = ("_packed",)
+
+    def __init__(self, payload, title, height):  # noqa: D107  (Plot's __init__ builds from a figure)
+        self._packed = zlib.compress(bytes(payload), 1)
+        self.title, self.height = str(title), int(height)
+
+    @property
+    def payload(self):
+        return zlib.decompress(self._packed)
+
+
 def _stored_plot(payload, title, height):
-    """A :class:`~signatures.plotview.Plot` from its stored bytes (nothing is decoded or built)."""
-    plot = Plot.__new__(Plot)
-    plot.payload, plot.title, plot.height = bytes(payload), str(title), int(height)
-    return plot
+    """A :class:`StoredPlot` from its stored bytes."""
+    return StoredPlot(payload, title, height)
 
 
 def read_plots(folder):
