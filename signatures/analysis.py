@@ -30,6 +30,8 @@ __all__ = ["analyze", "findings", "load_or_analyze", "format_share", "unseen_set
 
 ANALYSIS_FILE = "analysis.json"
 _VERSION = 4
+#: Version of the analysis: stored figures (``plots.zip``) of another version are stale too.
+ANALYSIS_VERSION = _VERSION
 
 #: Two shares this close (5 percentage points) are reported as a split, never as one answer.
 TIE_MARGIN = 0.05

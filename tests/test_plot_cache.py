@@ -274,3 +274,26 @@ def test_a_kernel_keeps_few_views_and_preloads_few_experiments(store, monkeypatc
     assert first.comm is None and all(getattr(w, "comm", None) is None for w in first.children)  # b's closed
     assert app.body.children == (app._views["c"].widget,) and app.message.value == ""
     assert app.select("b").widget is not first and list(app._views) == ["c", "b"]  # read again when chosen
+
+
+def test_refresh_store_computes_stale_analyses_and_figures_once(store):
+    """After an upgrade serve brings analyses and figures up to date once, so page kernels only read."""
+    from signatures.analysis import ANALYSIS_FILE
+    from signatures.app.view import refresh_store
+
+    folder = store / "small"
+    shutil.copytree(folder, store / "fresh")
+    cached = json.loads((folder / ANALYSIS_FILE).read_text())
+    cached["version"] = -1  # an analysis of an older version
+    (folder / ANALYSIS_FILE).write_text(json.dumps(cached))
+    said = []
+    assert refresh_store(store, say=said.append) == [("small", ["analysis", "figures"])]  # its figures show it
+    assert said == ["small: computing its analysis and figures once, for the pages"]
+    from signatures.analysis import ANALYSIS_VERSION
+
+    assert json.loads((folder / ANALYSIS_FILE).read_text())["version"] == ANALYSIS_VERSION
+    plots, why = read_plots(folder)
+    assert why == "" and plots and read_plots(store / "fresh")[0]
+    assert refresh_store(store) == []  # nothing left to do
+    (store / "fresh" / PLOTS_FILE).unlink()
+    assert refresh_store(store) == [("fresh", ["figures"])] and read_plots(store / "fresh")[1] == ""

@@ -965,6 +965,31 @@ def _url_host(address):
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
+_REFRESH = ("import sys\nfrom signatures.app.view import refresh_store\n"
+            "refresh_store(sys.argv[1], say=lambda m: print(m, file=sys.stderr, flush=True))")
+
+
+def refresh_stored(store):
+    """Run :func:`signatures.app.view.refresh_store` in a process of its own before the pages start.
+
+    It imports scikit-learn only when an analysis is stale, and the server never holds it.
+    A failure is said and serving goes on (each page then computes what it lacks).
+    """
+    import subprocess
+
+    if not Path(store).is_dir():
+        return
+    try:
+        done = subprocess.run([sys.executable, "-c", _REFRESH, str(store)], timeout=3600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"could not bring the stored experiments up to date ({exc}); the pages will", file=sys.stderr,
+              flush=True)
+        return
+    if done.returncode != 0:
+        print(f"bringing the stored experiments up to date ended with status {done.returncode}; the pages will "
+              "compute what they lack", file=sys.stderr, flush=True)
+
+
 #: Resident memory of an idle page kernel, measured (bench/bench_kernel.py): ~85 MiB.
 PAGE_KERNEL_MIB = 90
 
@@ -1162,6 +1187,7 @@ def serve(*, port=8866, address="127.0.0.1", store="runs", data_dir=None, class_
         os.environ[SCHEDULER_ENV] = cluster.address
     else:
         os.environ.pop(SCHEDULER_ENV, None)
+    refresh_stored(os.environ[STORE_ENV])
     print(f"open {site_url(address, port, token)}", file=sys.stderr, flush=True)
     print(pool_note(class_size, pool_size, gallery_pool_size, preheat), file=sys.stderr, flush=True)
     if not is_loopback(address):

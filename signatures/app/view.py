@@ -63,15 +63,17 @@ def _key(value):
 def plots_stamp(folder):
     """What a ``plots.zip`` must carry to be used for the experiment in ``folder`` (a dict).
 
-    The plots' version, the package's and plotly's, and the manifest's ``key`` (the config's
-    hash) and ``created``: a file written for another experiment, or for this name before it
+    The plots' version, the package's, plotly's and the analysis's (figures show the analysis),
+    and the manifest's ``key`` (the config's hash) and ``created``: a file written for another experiment, or for this name before it
     was overwritten, or by other code, is stale.
     """
     import plotly
 
+    from ..analysis import ANALYSIS_VERSION
+
     manifest = read_manifest(folder)
     return {"format": _FORMAT, "version": PLOTS_VERSION, "signatures": __version__, "plotly": plotly.__version__,
-            "key": manifest.get("key"), "created": manifest.get("created")}
+            "analysis": ANALYSIS_VERSION, "key": manifest.get("key"), "created": manifest.get("created")}
 
 
 class StoredPlot(Plot):
@@ -155,6 +157,48 @@ def _save_plots(folder, plots, stamp):
     path = Path(folder) / PLOTS_FILE
     write_file_atomic(path, buffer.getvalue())
     return path
+
+
+def refresh_store(store, *, say=None):
+    """Bring every stored experiment's ``analysis.json`` and ``plots.zip`` up to date, once.
+
+    After an upgrade that changes the analysis or the figures, every page kernel would find
+    them stale and compute them again, all at once when a class's pool starts; ``serve`` runs
+    this first, in a process of its own, so that page kernels only read. Damaged experiments
+    are left alone (the pages name them).
+
+    Returns
+    -------
+    list of (str, list of str)
+        The experiments updated and what was (``"analysis"``, ``"figures"``).
+    """
+    from ..analysis import ANALYSIS_FILE, _read_cache, load_or_analyze
+    from ..store import list_experiments, load_experiment
+
+    done = []
+    for manifest in list_experiments(store):
+        folder = Path(manifest["path"])
+        try:
+            exp = load_experiment(folder)
+        except (ValueError, OSError):
+            continue
+        stale = [] if _read_cache(folder / ANALYSIS_FILE, exp) is not None else ["analysis"]
+        if stale or read_plots(folder)[0] is None:  # figures show the analysis: a new one, new figures
+            stale.append("figures")
+        if not stale:
+            continue
+        if say:
+            say(f"{manifest['name']}: computing its {' and '.join(stale)} once, for the pages")
+        try:
+            analysis = load_or_analyze(exp, folder)
+            if "figures" in stale:
+                write_plots(exp, folder, analysis=analysis)
+        except (ValueError, OSError) as exc:  # the pages build what is missing and say why
+            if say:
+                say(f"{manifest['name']}: not updated ({exc}); its pages will compute it")
+            continue
+        done.append((manifest["name"], stale))
+    return done
 
 
 def write_plots(exp, folder, *, analysis=None, view=None):
