@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from signatures.app.jobs import JobCancelled, JobFailed, start_cluster
+from signatures.app.jobs import JobCancelled, JobFailed, start_cluster, worker_threads
 from signatures.experiment import ExperimentConfig
 from signatures.store import list_experiments, read_manifest
 
@@ -33,6 +33,14 @@ def jobs():
     client = start_cluster(n_workers=1)
     yield client
     client.close()
+
+
+def test_workers_share_the_cores_for_their_numeric_libraries(jobs):
+    assert worker_threads(1, cores=2) == 2 and worker_threads(2, cores=2) == 1 and worker_threads(4, cores=2) == 1
+    assert worker_threads(3, cores=16) == 5
+    seen = jobs.client.run(lambda: (os.environ.get("OMP_NUM_THREADS"), os.environ.get("OPENBLAS_NUM_THREADS")))
+    share = str(worker_threads(1))
+    assert list(seen.values()) == [(share, share)]  # the lone worker gets every core, not Dask's one
 
 
 def test_a_job_stores_the_experiment_and_reports_progress_in_order(jobs, tmp_path):

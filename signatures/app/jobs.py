@@ -170,6 +170,12 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
 # ---------------------------------------------------------------------------------------
 
 
+def worker_threads(n_workers, cores=None):
+    """Threads each of ``n_workers`` workers gives its numeric libraries: its share of the cores."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, int(n_workers)))
+
+
 def start_cluster(*, n_workers=2, memory_limit="auto", warm=True, dashboard=False):
     """A ``LocalCluster`` for jobs: worker processes with one thread each, and a client.
 
@@ -194,8 +200,14 @@ def start_cluster(*, n_workers=2, memory_limit="auto", warm=True, dashboard=Fals
 
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or not 1 <= n_workers <= 64:
         raise ValueError(f"workers must be a whole number from 1 to 64, got {n_workers!r}")
-    # One job per worker at a time; the others wait on the scheduler, in submission order.
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+    # One job per worker at a time; the others wait on the scheduler, in submission order. Each
+    # worker's numeric libraries get its share of the cores (Dask's default is one thread each:
+    # a lone worker on 2 cores would leave one idle while a student's run trains).
+    share = str(worker_threads(n_workers))
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"),
+                   OMP_NUM_THREADS=share, MKL_NUM_THREADS=share, OPENBLAS_NUM_THREADS=share)
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                          "distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
             host="127.0.0.1", dashboard_address="127.0.0.1:0" if dashboard else None, silence_logs=40,
