@@ -467,7 +467,7 @@ def class_limits(class_size=DEFAULT_CLASS_SIZE):
         plus a margin for reloads); ``total_cap``: most live visitors' kernels in all
         (two pages per visitor on average); ``gallery_pool``: preheated Gallery kernels, one
         per visitor (a class opens the gallery first, all at once; an idle Gallery kernel
-        holds about 90 MiB); ``pool``: preheated kernels of each other page (1, 2 from 20
+        holds 85-145 MiB); ``pool``: preheated kernels of each other page (1, 2 from 20
         visitors).
     """
     if isinstance(class_size, bool) or not isinstance(class_size, int) or not 1 <= class_size <= MAX_CLASS_SIZE:
@@ -982,24 +982,30 @@ def refresh_stored(store):
     try:
         done = subprocess.run([sys.executable, "-c", _REFRESH, str(store)], timeout=3600)
     except (OSError, subprocess.SubprocessError) as exc:
-        print(f"could not bring the stored experiments up to date ({exc}); the pages will", file=sys.stderr,
-              flush=True)
+        print(f"could not bring the stored experiments up to date ({exc}); the pages will compute what they lack",
+              file=sys.stderr, flush=True)
         return
     if done.returncode != 0:
         print(f"bringing the stored experiments up to date ended with status {done.returncode}; the pages will "
               "compute what they lack", file=sys.stderr, flush=True)
 
 
-#: Resident memory of an idle page kernel, measured (bench/bench_kernel.py): ~85 MiB.
-PAGE_KERNEL_MIB = 90
+#: Resident memory of an idle page kernel: 85 MiB empty, 120-145 MiB with the four canonical
+#: experiments loaded (bench_load: 4.2 GiB for 34 kernels).
+PAGE_KERNEL_MIB = 125
+
+
+def _class_pools(limits, pool_size=None, gallery_pool_size=None):
+    """``(pool_size, gallery_pool_size)``: the class's sizes (:func:`class_limits`) unless ``pool_size`` is given."""
+    if pool_size is None:
+        return limits["pool"], limits["gallery_pool"] if gallery_pool_size is None else gallery_pool_size
+    return pool_size, gallery_pool_size
 
 
 def pool_note(class_size=DEFAULT_CLASS_SIZE, pool_size=None, gallery_pool_size=None, preheat=True):
     """One line for the console: the preheated kernels kept ready and the memory they hold."""
     limits = class_limits(class_size)
-    if pool_size is None:
-        pool_size = limits["pool"]
-        gallery_pool_size = limits["gallery_pool"] if gallery_pool_size is None else gallery_pool_size
+    pool_size, gallery_pool_size = _class_pools(limits, pool_size, gallery_pool_size)
     sizes = pool_sizes(pool_size, gallery_pool_size)
     gallery, other = sizes["gallery.ipynb"]["pool_size"], sizes["default"]["pool_size"]
     if not preheat or pool_size <= 0:
@@ -1070,10 +1076,7 @@ def voila_args(*, port=8866, address="127.0.0.1", class_size=DEFAULT_CLASS_SIZE,
     list of str
     """
     limits = class_limits(class_size)
-    if pool_size is None:
-        pool_size = limits["pool"]
-        if gallery_pool_size is None:
-            gallery_pool_size = limits["gallery_pool"]
+    pool_size, gallery_pool_size = _class_pools(limits, pool_size, gallery_pool_size)
     pool_size = max(int(pool_size), 0)
     preheat = bool(preheat) and pool_size > 0
     args = [
