@@ -222,6 +222,55 @@ def test_progress_lines_arrive_in_order_and_the_results_come_from_the_store(stor
     assert app.results.children == (app.view.widget,)  # the results stay
 
 
+class _StoredJob:
+    """A job that has saved ``name`` (an "analysis" event) and ends only when told to."""
+
+    class _Future:
+        def __init__(self):
+            self.ended = False
+
+        def done(self):
+            return self.ended
+
+    def __init__(self, name):
+        self.id, self.name, self.future = "signatures-job-early", name, self._Future()
+        stages = ["started", "training", "clustering", "projection", "saving", "analysis"]
+        self._events = [{"seq": i, "stage": s, "fraction": 0.0, "message": s, "time": 0.0}
+                        for i, s in enumerate(stages)]
+
+    @property
+    def state(self):
+        return "finished" if self.future.ended else "running"
+
+    def events(self):
+        return list(self._events)
+
+    def result(self, timeout=None):
+        return {"seconds": 1.0}
+
+
+def test_a_stored_run_is_shown_at_once_and_its_findings_follow_when_the_job_ends(small_experiment, tmp_path):
+    import threading
+
+    save_experiment(small_experiment, tmp_path / "small", save_model=False)  # stored, no findings yet
+    app = BuilderApp(tmp_path, poll=0.05)
+    job = _StoredJob("small")
+    watcher = threading.Thread(target=app._follow, args=(job,), daemon=True)
+    watcher.start()
+    assert wait_for(lambda: app.results.children, timeout=120), app.error.value
+    assert not job.future.done() and watcher.is_alive()  # shown while the job still runs
+    assert app.results.children == (app.view.widget,) and app.scroll.count == 1
+    assert app.view.analysis is None and app.view._findings.value == ""
+    assert "findings follow" in text(app.queue) and app.error.value == ""
+    job.future.ended = True
+    watcher.join(120)
+    assert not watcher.is_alive() and app.error.value == ""
+    assert app.view.analysis is not None and app.view.analysis["findings"]
+    assert "<li" in app.view._findings.value  # the findings are now under the title
+    assert app.scroll.count == 1 and app.queue.value == ""  # scrolled once, not twice
+    assert "saved as 'small'" in text(app.status) and app._shown == job.id
+
+
 def test_queue_place_is_shown_and_cancel_works_for_a_waiting_and_a_running_run(store, jobs):
     running = long_run(BuilderApp(store, jobs=jobs, poll=0.1), "long-page-run")
     first = tiny(BuilderApp(store, jobs=jobs, poll=0.1), "queued-first")

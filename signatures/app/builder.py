@@ -40,6 +40,9 @@ STAGES = (
     ("done", 1.0),
 )
 
+#: Stages a job reports only once its experiment is stored (see :func:`signatures.app.jobs.run_job`).
+SAVED_STAGES = ("analysis", "done")
+
 #: What to do after a failed run.
 _TODO_FAILED = ("Nothing was saved to the store. Change the values above (fewer images or smaller layers "
                 "need less memory) and run again.")
@@ -487,6 +490,7 @@ class BuilderApp:
         return self.experiment if self.job is not None and self._shown == self.job.id else None
 
     _shown = None
+    _early = None  # the job whose results are shown before it ended (stored; findings to follow)
     _cancelling = False
 
     def cancel(self):
@@ -541,6 +545,8 @@ class BuilderApp:
                     self._progress(event["stage"], event["fraction"], event["message"])
                 if job.future.done():
                     break
+                if self._early != job.id and any(e["stage"] in SAVED_STAGES for e in events):
+                    self._show_saved(job)
                 time.sleep(self.poll)
             self._outcome(job)
         except Exception as exc:  # the watcher thread's boundary: shown in the page
@@ -549,17 +555,33 @@ class BuilderApp:
         finally:
             self._busy(False)
 
+    def _show_saved(self, job):
+        """The run is stored: show its results now; its findings follow when the job ends."""
+        self._early = job.id
+        try:
+            self._show(experiment_path(self.store, job.name), analysis=False)
+        except Exception:  # noqa: BLE001  (shown again, with any error, when the job ends)
+            self._early = None
+            return
+        self.scroll.count += 1
+        self.queue.value = _status_html("Your run is stored and its results are below; "
+                                        "its findings follow in a few seconds.")
+
     def _outcome(self, job):
         """Show what a finished, failed or cancelled job left."""
         folder = experiment_path(self.store, job.name)
         state = job.state
         # This job saved the experiment once it reported a stage after saving.
-        saved = any(e["stage"] in ("analysis", "done") for e in job.events())
+        saved = any(e["stage"] in SAVED_STAGES for e in job.events())
+        early = self._early == job.id and self.view is not None
         if state == "finished":
             self.queue.value = ""
             summary = job.result(timeout=30)
             try:
-                self._show(folder)
+                if early:
+                    self.view.show_findings(_read_analysis(self.experiment, folder))
+                else:
+                    self._show(folder)
             except Exception as exc:  # the experiment is stored; only showing it failed
                 self.error.value = _failure_html(
                     f"Saved as {job.name!r} in the store, but the results cannot be shown here", exc,
@@ -568,7 +590,8 @@ class BuilderApp:
             note = " (it had finished before the cancel reached it)" if self._cancelling else ""
             self._progress("done", 1.0, f"saved as {job.name!r} in {summary['seconds']:.1f} s{note}")
             self._shown = job.id
-            self.scroll.count += 1
+            if not early:
+                self.scroll.count += 1
         elif state == "cancelled":
             self.queue.value = _status_html(
                 f"Your run was cancelled. It was saved as {job.name!r} before the cancel reached it; "
@@ -577,8 +600,9 @@ class BuilderApp:
             message = (job.error() or "the worker gave no reason").rstrip(".")
             self.queue.value = ""
             if saved:
+                shown = "Its results are shown below without findings" if early else "Open it in the Gallery"
                 self.error.value = _error_html(f"The run failed after it was saved as {job.name!r}: {message}. "
-                                               "Open it in the Gallery.")
+                                               f"{shown}.")
                 return
             if folder.exists():  # the name was taken while the run waited: say so in the page's words
                 message = (f"{self.name.description}: an experiment named {job.name!r} was stored by someone "
@@ -586,12 +610,13 @@ class BuilderApp:
                 self.errors["name"].value = _error_html(message)
             self.error.value = _error_html(f"The run failed: {message}. {_TODO_FAILED}")
 
-    def _show(self, folder):
-        from ..analysis import load_or_analyze
+    def _show(self, folder, *, analysis=True):
+        """Show the stored experiment in ``folder``; ``analysis=False``: without findings (yet)."""
         from ..store import load_experiment
 
         exp = load_experiment(folder)
-        view = ExperimentView(exp, analysis=load_or_analyze(exp, folder), renderer=self.renderer)
+        analysis = _read_analysis(exp, folder) if analysis else None
+        view = ExperimentView(exp, analysis=analysis, renderer=self.renderer)
         view.widget  # noqa: B018  (builds every figure here, in this thread)
         self.results.children = (view.widget,)
         self.experiment, self.view = exp, view
@@ -601,6 +626,13 @@ class BuilderApp:
         if self.jobs is not None and getattr(self, "own_cluster", False):
             self.jobs.close()
             self.jobs = None
+
+
+def _read_analysis(exp, folder):
+    """The analysis the job stored with the experiment (computed here only if it is missing)."""
+    from ..analysis import load_or_analyze
+
+    return load_or_analyze(exp, folder)
 
 
 def build_builder(store=None, *, data_dir=None, renderer=None, scheduler=None):

@@ -340,6 +340,12 @@ class ExperimentView:
             return self.exp.layers[0], "digit", self._start, None
         return self.layer.value, self.color_by.value, tuple(self.inserted.value), self.selection.value
 
+    def show_findings(self, analysis):
+        """Show ``analysis``'s findings under the title (the Builder shows a run before they exist)."""
+        self.analysis = analysis
+        if self._widget is not None:
+            self._findings.value = _findings_html(analysis) if analysis else ""
+
     def _cached(self, key, build):
         if key not in self._figures:
             self._figures[key] = build()
@@ -503,7 +509,7 @@ class ExperimentView:
             f"held-out accuracy <b>{exp.metrics['accuracy']:.2%}</b> · {html.escape(ks)}</p>"
         )
         b = {view: box.widget for view, box in self.boxes.items()}
-        findings = W.HTML(_findings_html(self.analysis) if self.analysis else "")
+        findings = self._findings = W.HTML(_findings_html(self.analysis) if self.analysis else "")
         self._widget = W.VBox([
             header,
             findings,
