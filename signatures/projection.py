@@ -28,7 +28,13 @@ from collections import OrderedDict
 import numpy as np
 
 __all__ = ["Projection", "fit_projection", "project_layers", "choose_rows", "warm_up",
-           "EXACT_NEIGHBOURS_BELOW"]
+           "EXACT_NEIGHBOURS_BELOW", "N_EPOCHS"]
+
+#: Optimisation epochs of a map (umap-learn's own default for maps of more than 10,000 rows; it
+#: runs 500 below that). On the canonical experiments' layers (2,000 rows each) 200 epochs keep the
+#: map as faithful: trustworthiness (15 neighbours) 0.9677 against 0.9700, and equal to within 0.0006
+#: on four other layers, in 1.2-1.4 s a map instead of 2.6-2.8 s. ``transform`` runs a third as many.
+N_EPOCHS = 200
 
 #: umap-learn 0.5 computes exact neighbours when fewer rows than this are fitted
 #: (``umap_.py``: ``X[index].shape[0] < 4096 and not self.force_approximation_algorithm``).
@@ -44,6 +50,7 @@ def _umap(n_points, *, metric, n_neighbors, min_dist, random_state):
         n_neighbors=max(2, min(int(n_neighbors), n_points - 1)),
         min_dist=min_dist,
         random_state=random_state,
+        n_epochs=N_EPOCHS,
         n_jobs=1,
     )
 
