@@ -15,9 +15,10 @@ about 2x and transform about 5x faster. The matrix takes at most 64 MiB (4,095 r
 the map is held. From that many rows on, umap-learn's approximate nearest-neighbour
 descent (``metric="euclidean"``) is used as before.
 
-umap-learn compiles its numba kernels on the first fit in a process (15 to 45 s here);
-:func:`warm_up` pays that once, on a few points and on the same code path as a real
-map, before a user is waiting.
+umap-learn compiles its numba kernels on the first fit in a process (15 to 45 s here).
+:func:`import_umap` keeps them compiled on disk, so only the first process on a machine
+pays it (0.2 s to load them afterwards); :func:`warm_up` runs the same code path as a real
+map on a few points, before a user is waiting.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from collections import OrderedDict
 import numpy as np
 
 __all__ = ["Projection", "fit_projection", "project_layers", "choose_rows", "warm_up",
-           "EXACT_NEIGHBOURS_BELOW", "N_EPOCHS"]
+           "EXACT_NEIGHBOURS_BELOW", "N_EPOCHS",
+           "import_umap", "numba_cache_dir"]
 
 #: Optimisation epochs of a map (umap-learn's own default for maps of more than 10,000 rows; it
 #: runs 500 below that). On the canonical experiments' layers (2,000 rows each) 200 epochs keep the
@@ -41,8 +43,66 @@ N_EPOCHS = 200
 EXACT_NEIGHBOURS_BELOW = 4096
 
 
-def _umap(n_points, *, metric, n_neighbors, min_dist, random_state):
+#: Where umap-learn's compiled numba kernels are kept between processes (see :func:`import_umap`).
+NUMBA_CACHE_ENV = "SIGNATURES_NUMBA_CACHE"
+_CACHING = {"dir": None, "functions": 0}
+
+
+def numba_cache_dir():
+    """The folder for compiled UMAP kernels: ``$SIGNATURES_NUMBA_CACHE``, else ``$NUMBA_CACHE_DIR``,
+    else ``signatures/numba`` in the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    import os
+    from pathlib import Path
+
+    given = os.environ.get(NUMBA_CACHE_ENV) or os.environ.get("NUMBA_CACHE_DIR")
+    if given:
+        return Path(given).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "signatures" / "numba"
+
+
+def import_umap():
+    """Import umap-learn with its numba kernels cached on disk; returns the module.
+
+    umap-learn compiles its kernels in every new process (15 to 45 s here) because almost none
+    is declared ``cache=True``. The first import in a process turns numba's own disk cache on for
+    every compiled function of umap-learn and pynndescent (``Dispatcher.enable_caching``), in
+    :func:`numba_cache_dir`: the first process compiles and saves them, the next ones load them
+    (numba keys each entry on the source file and the CPU, so an upgrade recompiles). A folder
+    that cannot be written leaves caching off: maps are the same, only slower to start.
+    """
+    import sys
+
     import umap  # imported lazily: slow, and the gallery never needs it
+
+    if _CACHING["dir"] is None:
+        _CACHING["dir"] = ""
+        folder = numba_cache_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe-{id(folder)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
+            return umap
+        import numba
+        from numba.core.registry import CPUDispatcher
+
+        numba.config.CACHE_DIR = str(folder)
+        count = 0
+        for name, module in list(sys.modules.items()):
+            if module is None or name.split(".")[0] not in ("umap", "pynndescent"):
+                continue
+            for obj in list(vars(module).values()):
+                if isinstance(obj, CPUDispatcher) and type(obj._cache).__name__ == "NullCache":
+                    obj.enable_caching()
+                    count += 1
+        _CACHING.update(dir=str(folder), functions=count)
+    return umap
+
+
+def _umap(n_points, *, metric, n_neighbors, min_dist, random_state):
+    umap = import_umap()
 
     return umap.UMAP(
         n_components=2,

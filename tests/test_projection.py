@@ -178,3 +178,47 @@ def test_errors_name_the_problem(fitted):
         fit_projection(np.zeros(10))
     with pytest.raises(ValueError, match="fitted on 784"):
         fitted.transform(np.zeros((2, 5)))
+
+
+_CACHED_FIT = """
+import json, sys
+import numpy as np
+from signatures.projection import fit_projection, import_umap, _CACHING
+umap = import_umap()
+X = np.random.default_rng(0).normal(size=(300, 6))
+emb = fit_projection(X[:250], n_neighbors=10).transform(X[250:])
+from umap import layouts
+stats = layouts._nb_optimize_layout_euclidean_single_epoch.stats
+print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                  "functions": _CACHING["functions"], "dir": _CACHING["dir"], "sum": float(np.abs(emb).sum())}))
+"""
+
+
+def _fresh_fit(cache_dir):
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, SIGNATURES_NUMBA_CACHE=str(cache_dir))
+    out = subprocess.run([sys.executable, "-c", _CACHED_FIT], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_umap_kernels_compiled_in_one_process_are_loaded_from_disk_by_the_next(tmp_path):
+    first = _fresh_fit(tmp_path / "numba")
+    assert first["dir"] == str(tmp_path / "numba") and first["functions"] > 50
+    assert first["misses"] >= 1 and first["hits"] == 0  # compiled here, and saved
+    assert any((tmp_path / "numba").rglob("*.nbi"))
+    second = _fresh_fit(tmp_path / "numba")
+    assert second["hits"] >= 1 and second["misses"] == 0  # loaded, not compiled again
+    assert second["sum"] == first["sum"]  # the same map
+
+
+def test_an_unwritable_cache_folder_leaves_caching_off_and_the_map_unchanged(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    off = _fresh_fit(blocker / "numba")
+    assert off["dir"] == "" and off["functions"] == 0 and off["hits"] == 0
+    X = np.random.default_rng(0).normal(size=(300, 6))
+    assert off["sum"] == float(np.abs(fit_projection(X[:250], n_neighbors=10).transform(X[250:])).sum())
