@@ -43,17 +43,22 @@ import os
 import weakref
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .experiment import activation_file  # noqa: E402
 from .models import check_model, fit_input  # noqa: E402
 
-__all__ = ["default_hidden_layers", "build_extractor", "extract"]
+__all__ = ["default_hidden_layers", "build_extractor", "extract", "activation_file", "DTYPES"]
 
 REDUCTIONS = ("mean", "flatten")
+#: How activations may be kept.
+DTYPES = ("float32", "float16")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def _layer_types(*names):
@@ -349,19 +354,8 @@ def _cached_extractor(model, layers, reduce):
     return per_model[key]
 
 
-class _PredictProgress(keras.callbacks.Callback):
-    def __init__(self, progress, n_batches):
-        super().__init__()
-        self._progress = progress
-        self._n = max(n_batches, 1)
-
-    def on_predict_batch_end(self, batch, logs=None):
-        if (batch + 1) % 10 == 0 or batch + 1 == self._n:
-            self._progress("extraction", (batch + 1) / self._n, f"batch {batch + 1}/{self._n}")
-
-
 def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=None, extractor=None,
-            logits=False):
+            logits=False, out=None, dtype="float32"):
     """Activations of the hidden layers and the predictions, in one forward pass.
 
     Parameters
@@ -385,10 +379,17 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
     logits : bool
         Also return the logits behind a softmax output (for MaxLogit and energy scores),
         from the same forward pass.
+    out : str or Path, optional
+        A folder: each layer's activations are written there batch by batch, as
+        ``act-<j>.npy`` (:func:`activation_file`), and returned memory-mapped, so that
+        no more than one batch of them is ever held in memory. Default: in memory.
+    dtype : {"float32", "float16"}
+        How activations are kept; float16 halves their size (about 3 significant digits).
 
     Returns
     -------
-    hidden : OrderedDict[str, ndarray of shape (n_samples, n_units)], float32
+    hidden : OrderedDict[str, ndarray of shape (n_samples, n_units)]
+        In ``dtype``; ``numpy.memmap`` with ``out``.
     output : ndarray of shape (n_samples, n_classes)
         The model's output (class probabilities).
     logits : ndarray of shape (n_samples, n_classes) or None
@@ -401,26 +402,50 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"activations dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     X = fit_input(model, X)
     if len(X) == 0:
         raise ValueError("X holds no inputs")
     extractor, names = extractor or _cached_extractor(model, layers, reduce)
-    n_batches = int(np.ceil(len(X) / batch_size))
-    callbacks = [_PredictProgress(progress, n_batches)] if progress else []
-    outs = extractor.predict(X, batch_size=int(batch_size), verbose=0, callbacks=callbacks)
-    n = len(names)
+    n, n_rows, batch_size = len(names), len(X), int(batch_size)
+    n_batches = int(np.ceil(n_rows / batch_size))
+    report = progress or (lambda *a: None)
     hidden = OrderedDict()
-    for name, values in zip(names, outs[:n]):
-        values = np.asarray(values, dtype=np.float32)
-        bad = ~np.isfinite(values).all(axis=1)
-        if bad.any():
-            raise ValueError(
-                f"layer {name!r} gives NaN or infinite activations for {int(bad.sum())} of {len(values)} "
-                f"inputs (first: input {int(np.flatnonzero(bad)[0])}); check the model's weights and "
-                "that inputs are finite and scaled to [0, 1]"
-            )
-        hidden[name] = values
-    output = np.asarray(outs[n], dtype=np.float32)
+    outputs = []  # the prediction (and logits): small, always in memory
+    for start in range(0, n_rows, batch_size):
+        outs = extractor.predict_on_batch(X[start:start + batch_size])
+        outs = [np.asarray(o) for o in (outs if isinstance(outs, (list, tuple)) else [outs])]
+        if start == 0:
+            for j, (name, values) in enumerate(zip(names, outs[:n])):
+                shape = (n_rows,) + values.shape[1:]
+                if out is None:
+                    hidden[name] = np.empty(shape, dtype=dtype)
+                else:
+                    hidden[name] = np.lib.format.open_memmap(Path(out) / activation_file(j), mode="w+",
+                                                             dtype=dtype, shape=shape)
+            outputs = [[] for _ in outs[n:]]
+        for name, values in zip(names, outs[:n]):
+            bad = ~np.isfinite(values).all(axis=1)
+            if bad.any():
+                raise ValueError(
+                    f"layer {name!r} gives NaN or infinite activations for {int(bad.sum())} of {n_rows} "
+                    f"inputs (first: input {start + int(np.flatnonzero(bad)[0])}); check the model's weights "
+                    "and that inputs are finite and scaled to [0, 1]"
+                )
+            if dtype == "float16" and np.abs(values).max(initial=0.0) > _FLOAT16_MAX:
+                raise ValueError(f"layer {name!r} has activations up to {float(np.abs(values).max()):.4g}, beyond "
+                                 f"float16's {_FLOAT16_MAX:g}: keep activations as float32")
+            hidden[name][start:start + len(values)] = values
+        for kept, values in zip(outputs, outs[n:]):
+            kept.append(np.asarray(values, dtype=np.float32))
+        batch = start // batch_size + 1
+        if batch % 10 == 0 or batch == n_batches:
+            report("extraction", batch / n_batches, f"batch {batch}/{n_batches}")
+    for values in hidden.values():
+        if isinstance(values, np.memmap):
+            values.flush()
+    output = np.concatenate(outputs[0])
     if not logits:
         return hidden, output
-    return hidden, output, (np.asarray(outs[n + 1], dtype=np.float32) if len(outs) > n + 1 else None)
+    return hidden, output, (np.concatenate(outputs[1]) if len(outputs) > 1 else None)
