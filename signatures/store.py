@@ -4,8 +4,11 @@ Layout of an experiment folder::
 
     manifest.json   config, its key (hash), layers, metrics, clustering state, timings,
                     file sizes; written last, with "complete": true
-    arrays.npz      labels, split, images, probs, paths, and per layer the activations
-                    (act/<layer>), cluster centers (centers/<layer>) and UMAP map (emb/<layer>)
+    arrays.npz      labels, split, images, probs, paths, and per layer the cluster centers
+                    (centers/<layer>) and UMAP map (emb/<layer>)
+    act-<j>.npy     the activations of the j-th layer (rows x units, float32 or float16),
+                    read memory-mapped: a layer larger than memory is never loaded whole.
+                    (Experiments saved before kept them in arrays.npz as act/<layer>.)
     model.keras     the trained model (absent only if it could not be saved)
     report.html     the self-contained report, when one was written
     analysis.json   the answers to the three questions, when computed
@@ -55,7 +58,7 @@ import numpy as np
 
 from . import __version__
 from .clustering import LayerKMeans
-from .experiment import Experiment, ExperimentConfig
+from .experiment import Experiment, ExperimentConfig, activation_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -82,7 +85,7 @@ EXTRA_FILES = ("report.html", "analysis.json", "plots.zip")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[^/]*")
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|work)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[^/]*")
 
 
 class StoreError(OSError):
@@ -205,6 +208,14 @@ def _temp_folder(path, kind):
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{_HOST}-{os.getpid()}-", dir=path.parent))
 
 
+def work_folder(root, name):
+    """A new hidden folder in the store ``root`` for the work of a run that will be saved as
+    ``name`` (activations streamed to disk); a killed run's is removed by :func:`clean_leftovers`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return _temp_folder(root / name, "work")
+
+
 def _process_alive(pid, since):
     """Whether process ``pid`` runs and started before ``since`` (a pid reused later does not count)."""
     try:
@@ -297,7 +308,6 @@ def _arrays(exp):
     if getattr(exp, "logits", None) is not None:
         out["logits"] = exp.logits
     for name in exp.layers:
-        out[f"act/{name}"] = exp.hidden[name]
         out[f"centers/{name}"] = exp.clusterers[name].centers_
         out[f"emb/{name}"] = exp.embeddings[name]
     return out
@@ -320,7 +330,43 @@ def _manifest(exp):
         "timings": exp.timings,
         "info": exp.info,
         "clustering": {name: est.to_dict() for name, est in exp.clusterers.items()},
+        "activations": {name: activation_file(j) for j, name in enumerate(exp.layers)},
     }
+
+
+def _write_activations(values, file):
+    """``values`` (rows x units) as the .npy ``file``: a hard link to the file a memory-mapped
+    array already lives in (same file system: no copy), else written in chunks."""
+    source = getattr(values, "filename", None)
+    if isinstance(values, np.memmap) and source and values.offset == _npy_offset(source, values):
+        values.flush()
+        try:
+            os.link(source, file)
+            return
+        except OSError:
+            pass  # another file system, or links not allowed: copy
+    values = np.asarray(values) if not isinstance(values, np.memmap) else values
+    out = np.lib.format.open_memmap(file, mode="w+", dtype=values.dtype, shape=values.shape)
+    step = max(1, (64 << 20) // max(1, values.itemsize * int(np.prod(values.shape[1:], dtype=np.int64))))
+    for start in range(0, len(values), step):
+        out[start:start + step] = values[start:start + step]
+    out.flush()
+    with open(file, "rb+") as fh:
+        os.fsync(fh.fileno())
+    del out
+
+
+def _npy_offset(file, values):
+    """The header length of the .npy ``file`` if it holds exactly ``values``' shape and dtype, else -1."""
+    try:
+        with open(file, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            shape, fortran, dtype = read[version](fh)
+            offset = fh.tell()
+    except (OSError, ValueError, KeyError):
+        return -1
+    return offset if (tuple(shape), dtype, fortran) == (values.shape, values.dtype, False) else -1
 
 
 def is_experiment_folder(path):
@@ -428,6 +474,8 @@ def save_experiment(exp, path, *, overwrite=False, save_model=True):
             np.savez(fh, **_arrays(exp))
             fh.flush()
             os.fsync(fh.fileno())
+        for j, name in enumerate(exp.layers):
+            _write_activations(exp.hidden[name], tmp / activation_file(j))
         _checkpoint("arrays written")
         manifest = _manifest(exp)
         manifest["name"] = path.name  # the folder is the experiment's name in a store
@@ -588,6 +636,32 @@ def _read_arrays(file):
         raise ValueError(f"{file} is damaged ({type(exc).__name__}: {exc}); rebuild this experiment") from None
 
 
+def _read_activations(path, manifest):
+    """``act/<layer>`` -> the layer's activations, memory-mapped from its ``act-<j>.npy`` (none for
+    experiments that kept them in arrays.npz)."""
+    files = manifest.get("activations")
+    if files is None:
+        return {}
+    if not isinstance(files, dict) or sorted(files) != sorted(manifest["layers"]):
+        raise ValueError(f"{path / MANIFEST} is damaged: 'activations' must name one file per layer, got {files!r}")
+    out = {}
+    for name, file in files.items():
+        if not isinstance(file, str) or Path(file).name != file or not file.endswith(".npy"):
+            raise ValueError(f"{path / MANIFEST} is damaged: layer {name!r} has the activation file {file!r}")
+        try:
+            values = np.load(path / file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"{path / file} is damaged ({type(exc).__name__}: {exc}); rebuild this experiment") from None
+        if values.ndim != 2 or len(values) != manifest["n_rows"]:
+            raise ValueError(f"{path / file} has shape {values.shape}, expected {manifest['n_rows']} rows of a layer's "
+                             "units: the experiment is damaged")
+        if values.dtype not in (np.float32, np.float16):
+            raise ValueError(f"{path / file} holds {values.dtype} values, not float32 or float16: the experiment is "
+                             "damaged")
+        out[f"act/{name}"] = values
+    return out
+
+
 def _check_arrays(arrays, manifest, file):
     """ValueError naming ``file`` unless the arrays agree with each other and the manifest."""
     layers = manifest["layers"]
@@ -636,6 +710,7 @@ def load_experiment(path):
     path = Path(path)
     manifest = read_manifest(path)
     arrays = _read_arrays(path / ARRAYS)
+    arrays.update(_read_activations(path, manifest))
     _check_arrays(arrays, manifest, path / ARRAYS)
     layers = manifest["layers"]
     clusterers = OrderedDict()

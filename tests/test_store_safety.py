@@ -287,7 +287,8 @@ def _rewrite_arrays(path, change):
 
 
 _ARRAY_DAMAGE = {
-    "layer without arrays": (lambda a: {k: v for k, v in a.items() if not k.startswith("act/")}, "lacks the arrays"),
+    "layer without arrays": (lambda a: {k: v for k, v in a.items() if not k.startswith("centers/")},
+                             "lacks the arrays"),
     "rows cut": (lambda a: {**a, "labels": a["labels"][:-3]}, "rows"),
     "paths wrong width": (lambda a: {**a, "paths": a["paths"][:, :1]}, "'paths' has shape"),
     "cluster id out of range": (lambda a: {**a, "paths": a["paths"] + 50}, "cluster ids outside"),
@@ -295,6 +296,17 @@ _ARRAY_DAMAGE = {
                                  "centers of shape"),
     "probs wrong width": (lambda a: {**a, "probs": a["probs"][:, :1]}, "'probs' has shape"),
 }
+
+
+def test_an_activation_file_of_the_wrong_shape_is_refused_naming_it(source, tmp_path):
+    path = tmp_path / "e"
+    shutil.copytree(source, path)
+    values = np.load(path / "act-0.npy")
+    np.save(path / "act-0.npy", values[:-3])
+    _damage_manifest(path, lambda m: {**m, "files": {**m["files"], "act-0.npy": (path / "act-0.npy").stat().st_size}})
+    with pytest.raises(ValueError, match=r"act-0\.npy has shape .* expected \d+ rows") as info:
+        load_experiment(path)
+    assert "Traceback" not in str(info.value)
 
 
 @pytest.mark.parametrize("damage", sorted(_ARRAY_DAMAGE))
