@@ -53,6 +53,8 @@ OPTION_WORDS = {
     "sample_size": "--sample-size",
     "umap_points": "--umap-points",
     "reduce": "--reduce",
+    "activations_dtype": "--activations-dtype",
+    "memory_budget": "--memory-budget",
     "seed": "--seed",
     "model_path": "--model",
     "data_dir": "--data-dir",
@@ -132,6 +134,8 @@ def _config_from_args(args):
         sample_size=args.sample_size,
         umap_points=args.umap_points,
         reduce=args.reduce,
+        activations_dtype=args.activations_dtype,
+        memory_budget=args.memory_budget,
         seed=args.seed,
         model_path=str(args.model) if args.model else None,
         data_dir=str(args.data_dir) if args.data_dir else None,
@@ -157,8 +161,10 @@ def _cmd_run(args):
     from .experiment import print_progress, run_experiment
     from .store import save_experiment
 
-    exp = run_experiment(config, progress=None if args.quiet else print_progress, words=OPTION_WORDS)
+    exp = run_experiment(config, progress=None if args.quiet else print_progress, words=OPTION_WORDS,
+                         workdir=out.resolve().parent)
     save_experiment(exp, out, overwrite=args.overwrite)
+    exp.release_work_folder()
     from .analysis import load_or_analyze
     from .report import write_report
 
@@ -368,6 +374,11 @@ def build_parser():
     r.add_argument("--umap-points", type=_number, default=3000,
                    help="most rows projected per layer, 4..20000 (default 3000)")
     r.add_argument("--reduce", choices=["mean", "flatten"], default="mean", help="conv maps to rows")
+    r.add_argument("--activations-dtype", choices=["float32", "float16"], default="float32",
+                   help="how activations are kept (float16: half the size, about 3 significant digits)")
+    r.add_argument("--memory-budget", type=_number, default=None,
+                   help="MiB the activations may take in memory; larger ones are streamed to disk and read "
+                        "memory-mapped (default: a quarter of the available memory, at most 2048)")
     r.add_argument("--seed", type=_number, default=0, help="0..2147483647 (default 0); same seed, same result")
     r.add_argument("--model", type=Path, help="your own trained .keras model (skips training)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing experiment folder")

@@ -47,6 +47,10 @@ MAX_BATCH_SIZE = 4096
 MAX_K = 100
 #: Most rows used to choose K per layer (the silhouette needs their pairwise distances).
 MAX_SAMPLE_SIZE = 20_000
+#: Smallest, default (at most) and largest memory budget for activations, MiB.
+MIN_MEMORY_BUDGET = 16
+DEFAULT_MEMORY_BUDGET = 2048
+MAX_MEMORY_BUDGET = 1 << 20
 #: Most rows projected by UMAP per layer.
 MAX_UMAP_POINTS = 20_000
 #: Largest seed (seeds are 0 .. 2**31 - 1).
@@ -79,10 +83,17 @@ FIELD_WORDS = {
     "sample_size": "sample size",
     "umap_points": "UMAP points",
     "reduce": "reduce",
+    "activations_dtype": "activations dtype",
+    "memory_budget": "memory budget",
     "seed": "seed",
     "model_path": "model file",
     "data_dir": "data folder",
 }
+
+
+def activation_file(j):
+    """The file of the ``j``-th hidden layer's activations in an experiment folder (``act-<j>.npy``)."""
+    return f"act-{int(j)}.npy"
 
 
 def _path_like(value):
@@ -140,6 +151,14 @@ class ExperimentConfig:
         least :data:`MIN_UMAP_FIT_ROWS` in-distribution rows to fit the map on.
     reduce : {"mean", "flatten"}
         How conv feature maps become rows.
+    activations_dtype : {"float32", "float16"}
+        How activations are kept; float16 halves their size (about 3 significant digits).
+    memory_budget : int or None
+        MiB the activations may take in memory (:data:`MIN_MEMORY_BUDGET` ..
+        :data:`MAX_MEMORY_BUDGET`); larger activations are streamed to files beside the
+        experiment and read memory-mapped (:func:`activations_on_disk`). None: a quarter of
+        the memory available when the run starts, at most 2,048 MiB. It changes where the
+        activations are held, never the results, so it is not part of the config key.
     seed : int
         0 .. :data:`MAX_SEED`.
     model_path : str or None
@@ -168,6 +187,8 @@ class ExperimentConfig:
     sample_size: int = 2000
     umap_points: int = 3000
     reduce: str = "mean"
+    activations_dtype: str = "float32"
+    memory_budget: int | None = None
     seed: int = 0
     model_path: str | None = None
     data_dir: str | None = None
@@ -273,6 +294,15 @@ class ExperimentConfig:
         if not isinstance(self.reduce, str) or self.reduce not in ("mean", "flatten"):
             raise ValueError(f"{w['reduce']} must be 'mean' or 'flatten', got {self.reduce!r}")
 
+    def _check_activations_dtype(self, w):
+        if not isinstance(self.activations_dtype, str) or self.activations_dtype not in ("float32", "float16"):
+            raise ValueError(f"{w['activations_dtype']} must be 'float32' or 'float16', got {self.activations_dtype!r}")
+
+    def _check_memory_budget(self, w):
+        if self.memory_budget is not None:
+            self.memory_budget = check_int(self.memory_budget, w["memory_budget"], low=MIN_MEMORY_BUDGET,
+                                           high=MAX_MEMORY_BUDGET)
+
     def _check_seed(self, w):
         self.seed = check_int(self.seed, w["seed"], low=0, high=MAX_SEED)
 
@@ -306,7 +336,9 @@ class ExperimentConfig:
         ("filters", "_check_filters"), ("activation", "_check_activation"), ("epochs", "_check_epochs"),
         ("batch_size", "_check_batch_size"), ("k_range", "_check_k_range"), ("k_criterion", "_check_k_criterion"),
         ("sample_size", "_check_sample_size"),
-        ("umap_points", "_check_umap_points"), ("reduce", "_check_reduce"), ("seed", "_check_seed"),
+        ("umap_points", "_check_umap_points"), ("reduce", "_check_reduce"),
+        ("activations_dtype", "_check_activations_dtype"), ("memory_budget", "_check_memory_budget"),
+        ("seed", "_check_seed"),
         ("model_path", "_check_model_path"), ("data_dir", "_check_data_dir"),
     )
 
@@ -450,6 +482,9 @@ class ExperimentConfig:
         d = self.to_dict()
         d.pop("name")
         d.pop("data_dir")
+        d.pop("memory_budget")  # where activations are held, not what they are
+        if d["activations_dtype"] == "float32":  # the keys of experiments made before the option
+            d.pop("activations_dtype")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -577,6 +612,17 @@ class Experiment:
     logits: np.ndarray = None
     info: dict = field(default_factory=dict)
     model: object = None
+    #: The temporary folder its activations were streamed to (None: held in memory, or loaded).
+    work_folder: str = field(default=None, repr=False, compare=False)
+
+    def release_work_folder(self):
+        """Remove :attr:`work_folder` once the experiment is saved (its arrays stay readable: the
+        stored files are links to the same data, and open maps outlive the names)."""
+        import shutil
+
+        if self.work_folder:
+            shutil.rmtree(self.work_folder, ignore_errors=True)
+            self.work_folder = None
 
     @property
     def predicted(self):
@@ -696,7 +742,40 @@ def print_progress(stage, fraction, message):
     print(f"[{stage:<10} {fraction:4.0%}] {message}", flush=True)
 
 
-def run_experiment(config, *, progress=None, model=None, dataset=None, words=None):
+def memory_budget_bytes(mib=None):
+    """Bytes the activations may take in memory: ``mib`` MiB, or by default a quarter of the
+    memory available now, at most :data:`DEFAULT_MEMORY_BUDGET` MiB (at least the minimum)."""
+    if mib is not None:
+        return int(mib) << 20
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except (ImportError, OSError):
+        available = 4 << 30
+    return int(max(MIN_MEMORY_BUDGET << 20, min(DEFAULT_MEMORY_BUDGET << 20, available // 4)))
+
+
+def _activations_folder(workdir, name):
+    """A new folder for activations streamed to disk: in ``workdir`` (an experiment's store, so
+    that saving links the files instead of copying them), named as the store names the
+    temporary folders of a run (a killed run's is removed by the store's next save or listing);
+    default the system's temporary folder. Removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if workdir is None:
+        folder = tempfile.mkdtemp(prefix="signatures-activations-")
+    else:
+        from .store import work_folder
+
+        folder = str(work_folder(workdir, name))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def run_experiment(config, *, progress=None, model=None, dataset=None, words=None, workdir=None):
     """Carry out an experiment from start to end.
 
     Parameters
@@ -712,6 +791,10 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
     words : dict[str, str], optional
         The words the user sees for the config's fields (see :meth:`ExperimentConfig.problems`);
         messages about the choices, raised as ValueError before any training, use them.
+    workdir : str or Path, optional
+        Where activations over ``config.memory_budget`` are streamed (a temporary folder made
+        there): give the store the experiment will be saved in, so that saving links the
+        files. Default: the system's temporary folder.
 
     Returns
     -------
@@ -742,7 +825,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
 
     report("startup", 0.0, "importing TensorFlow")
     from . import models as _models  # TensorFlow from here on
-    from .activations import extract
+    from .activations import build_extractor, extract
 
     lap("startup")
 
@@ -781,8 +864,16 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         np.full(len(subset.y_anomaly), SPLITS["anomaly"], dtype=np.int8),
     ])
     dataset_rows = np.concatenate([subset.idx_train, subset.idx_test, subset.idx_anomaly])
-    report("extraction", 0.0, f"one forward pass over {len(X)} inputs")
-    hidden, probs, logits = extract(model, X, reduce=config.reduce, progress=report, logits=True)
+    extractor = build_extractor(model, reduce=config.reduce)
+    widths = [int(np.prod(t.shape[1:])) for t in extractor[0].outputs[:len(extractor[1])]]
+    need = len(X) * sum(widths) * np.dtype(config.activations_dtype).itemsize
+    budget = memory_budget_bytes(config.memory_budget)
+    out = _activations_folder(workdir, config.name) if need > budget else None
+    held = (f"on disk, memory-mapped ({need / 2**20:,.0f} MiB over the {budget / 2**20:,.0f} MiB budget)"
+            if out else f"in memory ({need / 2**20:,.0f} MiB)")
+    report("extraction", 0.0, f"one forward pass over {len(X)} inputs; activations {held}")
+    hidden, probs, logits = extract(model, X, reduce=config.reduce, progress=report, logits=True,
+                                    extractor=extractor, out=out, dtype=config.activations_dtype)
     lap("extraction")
 
     test = split == SPLITS["test"]
@@ -801,18 +892,19 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
     from .clustering import cluster_layers
 
     train = split == SPLITS["train"]
+    n_train = len(subset.y_train)  # the training rows come first: slices, never copies of the activations
     # "classes": at least as many clusters as trained classes; "faithfulness": clusters that predict the output.
     y_k = {"classes": labels[train], "faithfulness": predicted[train]}.get(config.k_criterion)
     clusterers = cluster_layers(
-        OrderedDict((name, values[train]) for name, values in hidden.items()),
+        OrderedDict((name, values[:n_train]) for name, values in hidden.items()),
         k_range=config.k_range, sample_size=config.sample_size, random_state=config.seed, progress=report,
         criterion=config.k_criterion, k=config.k_fixed, y=y_k,
     )
     paths = np.empty((len(X), len(hidden)), dtype=np.int64)
-    paths[train] = _paths.paths_from_labels(OrderedDict((n, est.labels_) for n, est in clusterers.items()))
-    if (~train).any():
-        paths[~train] = _paths.assign_paths(
-            clusterers, OrderedDict((n, v[~train]) for n, v in hidden.items())
+    paths[:n_train] = _paths.paths_from_labels(OrderedDict((n, est.labels_) for n, est in clusterers.items()))
+    if len(X) > n_train:
+        paths[n_train:] = _paths.assign_paths(
+            clusterers, OrderedDict((n, v[n_train:]) for n, v in hidden.items())
         )
     lap("clustering")
 
@@ -843,6 +935,9 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         timings=dict(timings),
         dataset_rows=dataset_rows,
         logits=logits,
-        info={"source": dataset.source, "model_name": model.name, "n_params": int(model.count_params())},
+        info={"source": dataset.source, "model_name": model.name, "n_params": int(model.count_params()),
+              "activations": {"held": "on disk" if out else "in memory", "bytes": int(need),
+                              "budget_bytes": int(budget), "dtype": config.activations_dtype}},
         model=model,
+        work_folder=out,
     )

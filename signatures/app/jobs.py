@@ -139,10 +139,13 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
         config = ExperimentConfig.from_dict(config_dict).validate(words=words)
         path = experiment_path(store, config.name)
         check_output(path, overwrite=overwrite)
-        exp = run_experiment(config, progress=say, words=words)
+        exp = run_experiment(config, progress=say, words=words, workdir=store)
         say("saving", 0.0, f"saving to the store as {path.name}")
         cancellable[0] = False
-        save_experiment(exp, path, overwrite=overwrite)
+        try:
+            save_experiment(exp, path, overwrite=overwrite)
+        finally:
+            exp.release_work_folder()
         say("analysis", 0.0, "answering the three questions")
         analysis = load_or_analyze(exp, path)
         write_report(exp, path / "report.html", analysis=analysis)
