@@ -29,6 +29,13 @@ Threads
     here, the clustering stage of a 1-vs-7 experiment took 7-18 s on 2 threads and 3.4 s
     on one (``docs/performance.md``).
 
+Large layers
+    A layer of more than :data:`MAX_FIT_CELLS` values (rows x units: wide conv maps kept
+    whole over tens of thousands of inputs) gets its k-means fitted on a seeded sample of
+    ``MAX_FIT_CELLS // units`` rows, and every row is assigned to its nearest center a
+    block at a time; memory-mapped activations are never read whole. ``fitted_rows_`` and
+    ``note_`` say so, and the stored clustering state keeps it.
+
 Layers with few distinct rows
     K may be as large as the number of distinct activation vectors ``d``: at K = d the
     best k-means partition puts each distinct vector in a cluster of its own, every cluster
@@ -69,6 +76,15 @@ DEFAULT_K_RANGE = range(2, 11)
 CRITERIA = ("silhouette", "classes", "faithfulness", "fixed")
 #: Faithfulness within this of the best counts as a tie; the smallest such K wins.
 FAITHFUL_MARGIN = 0.005
+#: A layer with more values than this (rows x units) gets its k-means fitted on a seeded sample
+#: of rows, and every row assigned to its nearest center afterwards (about 150 MiB as float64).
+MAX_FIT_CELLS = 20_000_000
+
+
+def _shape(X):
+    """The shape of an array (a memory-mapped one is not read) or of an array-like."""
+    shape = getattr(X, "shape", None)
+    return tuple(shape) if shape is not None else np.shape(X)
 
 
 def check_k_range(k_range, n_samples=None):
@@ -292,7 +308,7 @@ class LayerKMeans:
     """
 
     def __init__(self, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=4, random_state=0, n_threads=1,
-                 criterion="silhouette", k=None):
+                 criterion="silhouette", k=None, max_fit_cells=MAX_FIT_CELLS):
         self.k_range = k_range
         self.sample_size = sample_size
         self.n_init = n_init
@@ -300,6 +316,7 @@ class LayerKMeans:
         self.n_threads = n_threads
         self.criterion = criterion
         self.k = k
+        self.max_fit_cells = max_fit_cells
 
     # scikit-learn's estimator protocol, written here so that reading a stored clustering needs no
     # scikit-learn: ``sklearn.base.clone`` and parameter grids work as with its own estimators.
@@ -363,12 +380,34 @@ class LayerKMeans:
         return _best_k(self.silhouette_scores_) or usable[0], dict(self.silhouette_scores_)
 
     def fit(self, X, y=None):
-        """Choose K and fit k-means on all rows of ``X`` (n_samples, n_features).
+        """Choose K and fit k-means on the rows of ``X`` (n_samples, n_features).
 
         ``y`` (the class of each row) is needed by the ``"classes"`` and ``"faithfulness"``
-        criteria and ignored otherwise.
+        criteria and ignored otherwise. ``X`` may be memory-mapped: when it holds more than
+        ``max_fit_cells`` values (rows x units), k-means is fitted on a seeded random sample of
+        ``max_fit_cells // n_units`` rows (at least ``sample_size``) and every row is then
+        assigned to its nearest center, a block of rows at a time (``fitted_rows_`` and
+        ``note_`` say so). Otherwise on all rows, as before.
         """
+        shape = _shape(X)
+        if len(shape) == 2 and self.max_fit_cells is not None and shape[0] * shape[1] > self.max_fit_cells:
+            _positive_int(self.max_fit_cells, "max_fit_cells")
+            rng = np.random.default_rng(self.random_state)
+            n_fit = min(shape[0], max(int(self.sample_size or 2), self.max_fit_cells // shape[1]))
+            rows = np.sort(rng.choice(shape[0], size=n_fit, replace=False))
+            self._fit_rows(_check_X(X[rows]), None if y is None else np.asarray(y)[rows])
+            self.labels_ = self.predict(X)
+            self.fitted_rows_ = int(n_fit)
+            said = (f"k-means fitted on a random sample of {n_fit:,} of the {shape[0]:,} rows ({shape[1]:,} units "
+                    f"each); every row then assigned to its nearest center")
+            self.note_ = f"{self.note_}; {said}" if self.note_ else said
+            return self
         X = _check_X(X)
+        self._fit_rows(X, y)
+        self.fitted_rows_ = len(X)
+        return self
+
+    def _fit_rows(self, X, y):
         ks = check_k_range(self.k_range, len(X))
         _check_options(self.sample_size, self.n_init, self.random_state, self.n_threads)
         y = None if y is None else np.asarray(y)
@@ -429,20 +468,31 @@ class LayerKMeans:
         )
         return np.argmin(d, axis=1).astype(np.int64)
 
-    def predict(self, X):
-        """Assign rows to the fitted clusters (nearest center), without refitting."""
+    def _blocks(self, X):
+        """``X`` checked, a block of rows at a time (at most 32 MiB as float64): memory-mapped
+        activations are never read whole."""
         if not hasattr(self, "centers_"):
             raise ValueError("this LayerKMeans is not fitted yet; call fit(X) first")
-        X = _check_X(X)
-        if X.shape[1] != self.centers_.shape[1]:
-            raise ValueError(f"X has {X.shape[1]} features, the clusters were fitted on {self.centers_.shape[1]}")
-        return self._nearest(X)
+        shape = _shape(X)
+        if len(shape) == 2 and shape[1] != self.centers_.shape[1]:
+            raise ValueError(f"X has {shape[1]} features, the clusters were fitted on {self.centers_.shape[1]}")
+        if len(shape) != 2 or shape[0] == 0:
+            yield _check_X(X)
+            return
+        step = max(1, (32 << 20) // (8 * max(1, shape[1])))
+        for start in range(0, shape[0], step):
+            yield _check_X(X[start:start + step])
+
+    def predict(self, X):
+        """Assign rows to the fitted clusters (nearest center), without refitting."""
+        return np.concatenate([self._nearest(block) for block in self._blocks(X)])
 
     def distances(self, X):
         """Euclidean distance of each row to its nearest center, shape (n_samples,)."""
-        X = _check_X(X)
-        labels = self.predict(X)
-        return np.linalg.norm(X - self.centers_[labels], axis=1)
+        out = []
+        for block in self._blocks(X):
+            out.append(np.linalg.norm(block - self.centers_[self._nearest(block)], axis=1))
+        return np.concatenate(out)
 
     def to_dict(self):
         """Fitted state as plain values (centers as a list), for storage."""
@@ -453,7 +503,9 @@ class LayerKMeans:
                 "n_init": self.n_init,
                 "random_state": self.random_state,
                 "n_threads": self.n_threads,
+                "max_fit_cells": self.max_fit_cells,
             },
+            "fitted_rows": getattr(self, "fitted_rows_", None),
             "k": self.k_,
             "silhouette_scores": {str(k): v for k, v in self.silhouette_scores_.items()},
             "criterion": getattr(self, "criterion_", self.criterion),
@@ -474,6 +526,8 @@ class LayerKMeans:
         est.criterion_scores_ = {int(k): float(v) for k, v in state.get(
             "criterion_scores", state["silhouette_scores"]).items()}
         est.centers_ = np.asarray(centers, dtype=np.float64)
+        if state.get("fitted_rows") is not None:
+            est.fitted_rows_ = int(state["fitted_rows"])
         if labels is not None:
             est.labels_ = np.asarray(labels, dtype=np.int64)
         return est
