@@ -104,6 +104,61 @@ def _plain(value):
     return value
 
 
+#: Values (rows x units of the widest layer) beyond which the questions other than the neurons'
+#: are answered on a seeded sample of rows (see :func:`sampled`).
+ANALYSIS_CELLS = 10_000_000
+#: Fewest rows such a sample keeps.
+MIN_ANALYSIS_ROWS = 2_000
+
+
+def sampled(exp, *, cells=None, min_rows=None, seed=0):
+    """``exp`` itself, or a copy of it on a seeded sample of its rows when it is large.
+
+    Paths, separation, stability and the detectors cost time and memory in rows x units of
+    the widest layer (probes, CKA, k-means refits, covariances). Beyond ``cells`` values
+    (default :data:`ANALYSIS_CELLS`) they run on ``max(min_rows, cells // units)`` rows
+    (``min_rows`` default :data:`MIN_ANALYSIS_ROWS`), drawn from every (split, class)
+    group in proportion (at least one row of each), so that a 70,000-input experiment with
+    conv maps kept whole is answered in bounded memory and time. The copy holds the sampled
+    activations in memory.
+
+    Returns
+    -------
+    (Experiment, dict or None)
+        The experiment to analyse, and ``{"rows", "of", "units"}`` when it is a sample.
+    """
+    from dataclasses import replace
+    from collections import OrderedDict
+
+    cells = ANALYSIS_CELLS if cells is None else int(cells)
+    min_rows = MIN_ANALYSIS_ROWS if min_rows is None else int(min_rows)
+    units = max(int(np.prod(v.shape[1:])) for v in exp.hidden.values())
+    n = exp.n_rows
+    if n * units <= cells:
+        return exp, None
+    want = min(n, max(int(min_rows), cells // units))
+    if want >= n:
+        return exp, None
+    rng = np.random.default_rng(seed)
+    groups = np.asarray(exp.split).astype(np.int64) * 1_000_003 + np.asarray(exp.labels).astype(np.int64)
+    rows = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        take = min(len(members), max(1, int(round(want * len(members) / n))))
+        rows.append(rng.choice(members, size=take, replace=False))
+    rows = np.sort(np.concatenate(rows))
+
+    def pick(values):
+        return None if values is None else np.asarray(values[rows])
+
+    view = replace(exp, labels=pick(exp.labels), split=pick(exp.split), images=pick(exp.images),
+                   probs=pick(exp.probs), paths=pick(exp.paths), dataset_rows=pick(exp.dataset_rows),
+                   logits=pick(getattr(exp, "logits", None)), work_folder=None,
+                   hidden=OrderedDict((k, pick(v)) for k, v in exp.hidden.items()),
+                   embeddings=OrderedDict((k, pick(v)) for k, v in exp.embeddings.items()))
+    return view, {"rows": int(len(rows)), "of": int(n), "units": int(units)}
+
+
 def analyze(exp, *, alpha=0.05, stability=True, progress=None):
     """Answer the three questions and the anomaly one for ``exp``.
 
@@ -147,6 +202,10 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
 
     neurons = {layer: _neurons.layer_neuron_summary(exp, layer) for layer in exp.layers}
     lap("neurons")
+    full, (exp, sample) = exp, sampled(exp)
+    if sample:
+        say("analysis", 0.25, f"paths, separation and anomalies on a sample of {sample['rows']:,} of "
+                              f"{sample['of']:,} inputs (the widest layer has {sample['units']:,} units)")
     say("analysis", 0.3, "class paths, purity and stability")
     sig = _char.signature_summary(exp, stability=stability)
     confidence = sig.pop("confidence")
@@ -182,10 +241,16 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
         "anomaly": anomaly,
         "detectors": detectors,
         "accuracy": (exp.metrics or {}).get("accuracy"),
+        "sample": sample,
         "seconds": seconds,
     }
     result = _plain(result)
     result["findings"] = findings(result, exp)
+    if sample:
+        result["findings"].append(
+            f"The paths, separation and anomaly answers come from a seeded sample of {sample['rows']:,} of the "
+            f"{full.n_rows:,} inputs, drawn in proportion from every class and split (the widest layer has "
+            f"{sample['units']:,} units); the neurons' figures use every input.")
     say("analysis", 1.0, f"done in {sum(seconds.values()):.1f} s")
     return result
 

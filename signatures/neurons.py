@@ -293,20 +293,22 @@ def layer_status(X, *, threshold=0.0):
 
 def _average_ranks(X):
     """Ranks 1..n of every column of ``X``, ties sharing their mean rank (``scipy.stats.rankdata``'s
-    default, written with numpy so that a page kernel showing neurons never loads scipy)."""
-    n = len(X)
-    order = np.argsort(X, axis=0, kind="stable")
-    ordered = np.take_along_axis(X, order, axis=0)
-    pos = np.broadcast_to(np.arange(n)[:, None], X.shape)
-    starts = np.ones(X.shape, dtype=bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    ends = np.ones(X.shape, dtype=bool)
-    ends[:-1] = starts[1:]
-    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=0)
-    last = np.minimum.accumulate(np.where(ends, pos, n - 1)[::-1], axis=0)[::-1]
-    ranks = np.empty(X.shape, dtype=np.float64)
-    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=0)
-    return ranks
+    default, written with numpy so that a page kernel showing neurons never loads scipy). Each
+    column is ranked as a contiguous row of ``X.T``: about 1.5x faster than along strided columns."""
+    T = np.ascontiguousarray(np.asarray(X).T)
+    n = T.shape[1]
+    order = np.argsort(T, axis=1, kind="stable")
+    ordered = np.take_along_axis(T, order, axis=1)
+    pos = np.broadcast_to(np.arange(n)[None, :], T.shape)
+    starts = np.ones(T.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = np.ones(T.shape, dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty(T.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
+    return ranks.T
 
 
 def auroc_per_neuron(X, member_mask):
@@ -393,17 +395,7 @@ def signature_neurons(X, member_mask, *, top=10):
     top = _check_top(top)
     X = _check_X(X)
     mask = _check_mask(member_mask, len(X))
-    auc = auroc_per_neuron(X, mask)
-    d = cohens_d(X, mask)
-    mean_in, mean_out = X[mask].mean(axis=0), X[~mask].mean(axis=0)
-    order = np.lexsort((np.arange(X.shape[1]), -np.abs(d), -np.abs(auc - 0.5)))
-    if top is not None:
-        order = order[:top]
-    return [
-        {"neuron": int(j), "auroc": float(auc[j]), "cohens_d": float(d[j]),
-         "mean_in": float(mean_in[j]), "mean_out": float(mean_out[j])}
-        for j in order
-    ]
+    return _strongest(auroc_per_neuron(X, mask), cohens_d(X, mask), X[mask].mean(axis=0), X[~mask].mean(axis=0), top)
 
 
 def top_activating(X, neuron, *, k=16, rows=None):
@@ -504,6 +496,75 @@ def anomaly_profile(X, y, classes, anomaly_class, *, top=10, threshold=0.0):
 # --------------------------------------------------------------------------- one layer of an experiment
 
 
+#: Values (rows x units) of one block of a layer's columns read at a time by
+#: :func:`layer_neuron_summary` (about 32 MiB as float64): a layer of any width and any number
+#: of rows, memory-mapped, is summarised in bounded memory.
+BLOCK_CELLS = 4_000_000
+
+
+def _column(X_all, rows, j):
+    """Column ``j`` of ``X_all`` at ``rows``, as an (n_rows, 1) float64 array."""
+    return np.asarray(X_all[:, j][rows], dtype=np.float64)[:, None]
+
+
+def _sample_rows(rows, width, *, seed=0):
+    """``rows``, or a sorted seeded sample of them when ``rows x width`` exceeds 4 blocks."""
+    most = max(2, (4 * BLOCK_CELLS) // max(1, width))
+    if len(rows) <= most:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size=most, replace=False))
+
+
+def _column_stats(X_all, rows, y, classes, *, threshold=0.0):
+    """Per-neuron statistics of ``X_all[rows]``, a block of columns at a time.
+
+    Returns a dict: ``means`` (n_units, n_classes), ``active_fraction`` (n_units,), ``dead`` and
+    ``constant`` (indices), and per class ``auroc``, ``cohens_d``, ``mean_in`` and ``mean_out``
+    (n_units,) of the class against the other rows, as :func:`signature_neurons` computes them.
+    """
+    width = int(np.prod(X_all.shape[1:]))
+    step = max(1, BLOCK_CELLS // max(1, len(rows)))
+    out = {"means": [], "active_fraction": [], "dead": [], "constant": []}
+    per_class = {key: {c: [] for c in classes} for key in ("auroc", "cohens_d", "mean_in", "mean_out")}
+    masks = {c: y == c for c in classes}
+    for c0 in range(0, width, step):
+        X = _check_X(np.asarray(X_all[:, c0:c0 + step][rows], dtype=np.float64))
+        out["means"].append(class_means(X, y, classes))
+        out["active_fraction"].append(active_fraction(X, threshold=threshold))
+        out["dead"].append(c0 + dead_neurons(X, threshold=threshold))
+        out["constant"].append(c0 + constant_neurons(X))
+        ranks = _average_ranks(X)  # once per block, shared by every class
+        for c, mask in masks.items():
+            n_in = int(mask.sum())
+            if n_in in (0, len(mask)):
+                for key in per_class:
+                    per_class[key][c].append(np.full(X.shape[1], np.nan))
+                continue
+            u = ranks[mask].sum(axis=0) - n_in * (n_in + 1) / 2.0
+            per_class["auroc"][c].append(u / (n_in * (len(mask) - n_in)))
+            per_class["cohens_d"][c].append(cohens_d(X, mask) if len(X) >= 3 else np.zeros(X.shape[1]))
+            per_class["mean_in"][c].append(X[mask].mean(axis=0))
+            per_class["mean_out"][c].append(X[~mask].mean(axis=0))
+    stats = {"means": np.concatenate(out["means"]), "active_fraction": np.concatenate(out["active_fraction"]),
+             "dead": np.concatenate(out["dead"]).astype(np.int64),
+             "constant": np.concatenate(out["constant"]).astype(np.int64)}
+    for key, by_class in per_class.items():
+        stats[key] = {c: np.concatenate(parts) for c, parts in by_class.items()}
+    return stats
+
+
+def _strongest(auc, d, mean_in, mean_out, top):
+    """The neurons of strongest effect, as :func:`signature_neurons` lists them."""
+    order = np.lexsort((np.arange(len(auc)), -np.abs(d), -np.abs(auc - 0.5)))
+    if top is not None:
+        order = order[:top]
+    return [
+        {"neuron": int(j), "auroc": float(auc[j]), "cohens_d": float(d[j]),
+         "mean_in": float(mean_in[j]), "mean_out": float(mean_out[j])}
+        for j in order
+    ]
+
+
 def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, anomalies=None):
     """Everything about one layer's neurons in an experiment.
 
@@ -552,12 +613,13 @@ def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, 
     known = rows[np.isin(labels[rows], classes) & (split[rows] != 2)]
     if len(known) == 0:
         raise ValueError(f"rows hold no training or held-out rows of the trained classes {classes}")
-    X, y = np.asarray(X_all, dtype=np.float64)[known], labels[known]
-    means = class_means(X, y, classes)
-    dead = dead_neurons(X, threshold=threshold)
-    constant = constant_neurons(X)
-    status = layer_status(X, threshold=threshold)
-    varying = np.setdiff1d(np.arange(X.shape[1]), constant)
+    y = labels[known]
+    top = _check_top(top)
+    stats = _column_stats(X_all, known, y, classes, threshold=threshold)
+    means, dead, constant = stats["means"], stats["dead"], stats["constant"]
+    n_units = means.shape[0]
+    status = "dead" if len(dead) == n_units else "constant" if len(constant) == n_units else "ok"
+    varying = np.setdiff1d(np.arange(n_units), constant)
     preferred, selectivity = class_preference(means)
     signatures, top_rows = {}, {}
     for c in classes:
@@ -565,11 +627,13 @@ def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, 
         if members.all() or len(varying) == 0:
             signatures[c], top_rows[c] = [], {}
             continue
-        found = signature_neurons(X[:, varying], members, top=top)
-        for s in found:
-            s["neuron"] = int(varying[s["neuron"]])
+        auc, d, mean_in, mean_out = (stats[key][c][varying] for key in ("auroc", "cohens_d", "mean_in", "mean_out"))
+        found = _strongest(auc, d, mean_in, mean_out, top)
+        for f in found:
+            f["neuron"] = int(varying[f["neuron"]])
         signatures[c] = found
-        top_rows[c] = {s["neuron"]: known[top_activating(X, s["neuron"], k=k)] for s in signatures[c]}
+        top_rows[c] = {f["neuron"]: known[top_activating(_column(X_all, known, f["neuron"]), 0, k=k)]
+                       for f in found}
     out_rows = rows[split[rows] == 2]
     wanted = exp.anomalies if anomalies is None else anomalies
     profiles = {}
@@ -579,9 +643,14 @@ def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, 
             if anomalies is not None:
                 raise ValueError(f"anomaly class {a!r} has no anomaly rows among the given rows")
             continue
-        both = np.concatenate([X, np.asarray(X_all, dtype=np.float64)[a_rows]])
-        profiles[a] = anomaly_profile(both, np.concatenate([y, labels[a_rows]]), classes, a, top=top,
+        # Known rows as many as fit the block budget (a seeded sample of a very large layer), and every
+        # anomaly row: the profile compares class means, which a sample of thousands of rows pins down.
+        keep = _sample_rows(known, n_units, seed=0)
+        both = np.concatenate([np.asarray(X_all[keep], dtype=np.float64), np.asarray(X_all[a_rows], dtype=np.float64)])
+        profiles[a] = anomaly_profile(both, np.concatenate([labels[keep], labels[a_rows]]), classes, a, top=top,
                                       threshold=threshold)
+        if len(keep) < len(known):
+            profiles[a]["known_rows_sampled"] = int(len(keep))
     return {
         "layer": layer,
         "classes": tuple(classes),
@@ -591,7 +660,7 @@ def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, 
         "order": neuron_order(means, dead=dead),
         "preferred": np.asarray(classes)[preferred],
         "selectivity": selectivity,
-        "active_fraction": active_fraction(X, threshold=threshold),
+        "active_fraction": stats["active_fraction"],
         "dead": dead,
         "n_dead": int(len(dead)),
         "constant": constant,
