@@ -275,7 +275,7 @@ def project_layers(hidden, fit_rows, transform_rows=(), *, skip=(), n_neighbors=
     out = OrderedDict()
     names = list(hidden)
     for i, name in enumerate(names, start=1):
-        X = np.asarray(hidden[name], dtype=np.float32)
+        X = hidden[name]  # may be memory-mapped: only the projected rows are read
         emb = np.full((len(X), 2), np.nan, dtype=np.float32)
         if name in skip:
             emb[fit_rows] = 0.0
