@@ -120,6 +120,10 @@ def group_colors(groups, anomaly_groups=()):
     return out
 
 
+#: A UMAP map of more points than this is drawn with WebGL (``go.Scattergl``).
+WEBGL_ABOVE = 5000
+
+
 def umap_scatter(embedding, color, *, names=None, anomaly_groups=(), symbols=None, hover=None,
                  title="UMAP projection", marker_size=5):
     """Scatter of a 2-D projection, one trace per colour group.
@@ -168,6 +172,8 @@ def umap_scatter(embedding, color, *, names=None, anomaly_groups=(), symbols=Non
     order = [g for g in present if g not in anomalies] + [g for g in present if g in anomalies]
     colors = group_colors(present, anomalies)
     fig = go.Figure()
+    # Past WEBGL_ABOVE points the browser draws with WebGL: SVG markers slow every pan and hover.
+    trace = go.Scattergl if int(keep.sum()) > WEBGL_ABOVE else go.Scatter
     row_symbols = np.asarray(symbols, dtype=object) if per_row_symbols else None
     hover = None if hover is None else np.asarray(hover, dtype=object)
     for g in order:
@@ -181,7 +187,7 @@ def umap_scatter(embedding, color, *, names=None, anomaly_groups=(), symbols=Non
         else:
             parts = [("x" if g in anomalies else "circle", rows)]
         for i, (symbol, part) in enumerate(parts):
-            fig.add_trace(go.Scatter(
+            fig.add_trace(trace(
                 x=embedding[part, 0], y=embedding[part, 1], mode="markers", name=str(names.get(g, g)),
                 legendgroup=str(g), showlegend=i == 0,
                 marker=dict(color=colors[g], size=marker_size + (1 if g in anomalies else 0), symbol=symbol,

@@ -363,3 +363,13 @@ def test_sankey_highlight_column():
     assert len(marks) == 1 and marks[0].x == pytest.approx(0.5)
     with pytest.raises(ValueError, match="highlight_column must be in 0..2"):
         figures.sankey(fl, ["h1", "h2"], ["0", "1"], highlight_column=5)
+
+
+def test_umap_maps_past_5000_points_are_drawn_with_webgl():
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(figures.WEBGL_ABOVE + 1, 2))
+    color = rng.integers(0, 3, len(big))
+    fig = figures.umap_scatter(big, color)
+    assert {t.type for t in fig.data} == {"scattergl"} and sum(len(t.x) for t in fig.data) == len(big)
+    big[0] = np.nan  # 5,000 projected points: SVG as before
+    assert {t.type for t in figures.umap_scatter(big, color).data} == {"scatter"}
