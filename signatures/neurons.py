@@ -416,14 +416,17 @@ def top_activating(X, neuron, *, k=16, rows=None):
     ndarray of shape (min(k, n_rows),), int
         Row indices of ``X``, highest activation first (ties by row index).
     """
-    X = _check_X(X)
+    shape = X.shape if hasattr(X, "shape") else np.shape(X)
+    if len(shape) != 2 or 0 in shape:
+        _check_X(X)  # names what is wrong
     k = _check_top(k, "k")
     if k is None:
         raise ValueError("k must be a positive integer, got None")
-    if isinstance(neuron, bool) or not isinstance(neuron, (int, np.integer)) or not 0 <= neuron < X.shape[1]:
-        raise ValueError(f"neuron must be an integer in 0..{X.shape[1] - 1}, got {neuron!r}")
-    candidates = _row_indices(rows, len(X))
-    values = X[candidates, neuron]
+    if isinstance(neuron, bool) or not isinstance(neuron, (int, np.integer)) or not 0 <= neuron < shape[1]:
+        raise ValueError(f"neuron must be an integer in 0..{shape[1] - 1}, got {neuron!r}")
+    candidates = _row_indices(rows, shape[0])
+    # Only the neuron's column is read: a memory-mapped layer is never copied whole.
+    values = _check_X(np.asarray(X[:, neuron], dtype=np.float64)[candidates][:, None])[:, 0]
     return candidates[np.lexsort((candidates, -values))[:k]]
 
 
@@ -563,6 +566,14 @@ def _strongest(auc, d, mean_in, mean_out, top):
          "mean_in": float(mean_in[j]), "mean_out": float(mean_out[j])}
         for j in order
     ]
+
+
+def layer_signature_neurons(X_all, rows, member_mask, *, top=10):
+    """:func:`signature_neurons` of ``X_all[rows]``, read a block of columns at a time: the same
+    list, without copying a (memory-mapped) layer whole."""
+    mask = _check_mask(member_mask, len(rows))
+    stats = _column_stats(X_all, np.asarray(rows), mask.astype(np.int64), [1])
+    return _strongest(*(stats[key][1] for key in ("auroc", "cohens_d", "mean_in", "mean_out")), _check_top(top))
 
 
 def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, anomalies=None):

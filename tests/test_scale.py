@@ -176,7 +176,12 @@ def test_neuron_statistics_by_column_blocks_equal_the_whole_layers(small_experim
     blocks = neurons.layer_neuron_summary(small_experiment, "hidden_1")
     for key in ("means", "active_fraction", "dead", "constant", "order", "selectivity"):
         np.testing.assert_allclose(blocks[key], whole[key])
-    assert blocks["signatures"] == whole["signatures"] and blocks["top_rows"].keys() == whole["top_rows"].keys()
+    for c in small_experiment.classes:
+        assert [b["neuron"] for b in blocks["signatures"][c]] == [w["neuron"] for w in whole["signatures"][c]]
+        np.testing.assert_allclose([b["cohens_d"] for b in blocks["signatures"][c]],
+                                   [w["cohens_d"] for w in whole["signatures"][c]], rtol=1e-12)
+        assert {n: list(r) for n, r in blocks["top_rows"][c].items()} == \
+            {n: list(r) for n, r in whole["top_rows"][c].items()}
     # and both are what signature_neurons says of the whole matrix
     exp = small_experiment
     known = np.flatnonzero(np.isin(exp.labels, exp.classes) & (exp.split != 2))
@@ -217,3 +222,20 @@ def test_the_findings_say_when_the_answers_come_from_a_sample(small_experiment, 
     assert result["findings"][-1].startswith(f"The paths, separation and anomaly answers come from a seeded sample of "
                                              f"{n:,} of the {small_experiment.n_rows:,} inputs")
     assert result["neurons"]["hidden_1"]["n_rows"] == int((small_experiment.split != 2).sum())  # neurons: all rows
+
+
+def test_a_clusters_signature_neurons_by_blocks_equal_signature_neurons(small_experiment, monkeypatch, tmp_path):
+    exp = small_experiment
+    known = exp.rows("train", "test")
+    X = np.asarray(exp.hidden["hidden_1"])
+    mapped = np.lib.format.open_memmap(tmp_path / "h.npy", mode="w+", dtype=X.dtype, shape=X.shape)
+    mapped[:] = X
+    mask = exp.paths[known, 0] == 0
+    monkeypatch.setattr(neurons, "BLOCK_CELLS", 500)
+    blocks = neurons.layer_signature_neurons(mapped, known, mask, top=5)
+    whole = neurons.signature_neurons(X[known], mask, top=5)
+    assert [b["neuron"] for b in blocks] == [w["neuron"] for w in whole]
+    for key in ("auroc", "cohens_d", "mean_in", "mean_out"):
+        np.testing.assert_allclose([b[key] for b in blocks], [w[key] for w in whole], rtol=1e-12)
+    best = neurons.top_activating(mapped, 3, k=7, rows=known)
+    assert np.array_equal(best, neurons.top_activating(X, 3, k=7, rows=known))

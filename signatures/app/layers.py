@@ -259,7 +259,7 @@ def _subject_options(exp, analysis, layer):
 
 def _subject_neurons(exp, analysis, layer, choice):
     """The signature neurons of a "Neurons of" choice (list of dicts, best first) and the words for it."""
-    from ..neurons import signature_neurons
+    from ..neurons import layer_signature_neurons
 
     if choice[0] == "class":
         neurons = analysis["neurons"][layer]["signatures"][str(choice[1])]
@@ -267,7 +267,7 @@ def _subject_neurons(exp, analysis, layer, choice):
     elif choice[0] == "cluster":
         known = exp.rows("train", "test")
         mask = exp.paths[known, exp.layers.index(layer)] == choice[1]
-        neurons = signature_neurons(exp.hidden[layer][known], mask, top=10)
+        neurons = layer_signature_neurons(exp.hidden[layer], known, mask, top=10)
         what = f"cluster c{choice[1]} against the rest of {layer}"
     else:
         neurons = analysis["neurons"][layer]["anomalies"][str(choice[1])]["signature"]
