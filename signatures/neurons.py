@@ -518,7 +518,88 @@ def _sample_rows(rows, width, *, seed=0):
     return np.sort(np.random.default_rng(seed).choice(rows, size=most, replace=False))
 
 
+#: Past this many values (rows x units) a layer's neuron statistics are streamed by blocks of
+#: rows (class means, spreads, Cohen's d, dead and constant neurons: exact, from sums) and the
+#: AUROCs come from a seeded sample of ``RANK_CELLS // units`` rows (at least 2,000): ranking
+#: every column of a 70,000-row layer of thousands of units over its row-major file costs minutes.
+STREAM_CELLS = 50_000_000
+RANK_CELLS = 50_000_000
+MIN_RANK_ROWS = 2_000
+
+
 def _column_stats(X_all, rows, y, classes, *, threshold=0.0):
+    """Per-neuron statistics of ``X_all[rows]`` (see :data:`STREAM_CELLS` for large layers).
+
+    Returns :func:`_block_stats`'s dict, with ``auroc_rows``: the rows the AUROCs were computed on.
+    """
+    width = int(np.prod(X_all.shape[1:]))
+    if len(rows) * width <= STREAM_CELLS:
+        stats = _block_stats(X_all, rows, y, classes, threshold=threshold)
+        stats["auroc_rows"] = int(len(rows))
+        return stats
+    stats = _streamed_stats(X_all, rows, y, classes, threshold=threshold)
+    most = max(MIN_RANK_ROWS, RANK_CELLS // max(1, width))
+    pick = np.arange(len(rows))
+    if len(rows) > most:
+        pick = np.sort(np.random.default_rng(0).choice(len(rows), size=most, replace=False))
+    sample = np.asarray(X_all[np.asarray(rows)[pick]])
+    ranked = _block_stats(sample, np.arange(len(pick)), y[pick], classes, threshold=threshold)
+    stats["auroc"] = ranked["auroc"]
+    stats["auroc_rows"] = int(len(pick))
+    return stats
+
+
+def _streamed_stats(X_all, rows, y, classes, *, threshold=0.0):
+    """Class means, active fractions, dead and constant neurons, Cohen's d and the in / out means,
+    from sums over blocks of rows (each read once, in file order)."""
+    width = int(np.prod(X_all.shape[1:]))
+    rows = np.asarray(rows)
+    step = max(1, BLOCK_CELLS // max(1, width))
+    n_cls = {c: 0 for c in classes}
+    sums = {c: np.zeros(width) for c in classes}
+    squares = {c: np.zeros(width) for c in classes}
+    low, high = np.full(width, np.inf), np.full(width, -np.inf)
+    active = np.zeros(width)
+    total, total_sq, n = np.zeros(width), np.zeros(width), 0
+    for start in range(0, len(rows), step):
+        X = _check_X(np.asarray(X_all[rows[start:start + step]], dtype=np.float64).reshape(-1, width))
+        yy = y[start:start + step]
+        low, high = np.minimum(low, X.min(axis=0)), np.maximum(high, X.max(axis=0))
+        active += (X > threshold).sum(axis=0)
+        total += X.sum(axis=0)
+        total_sq += (X * X).sum(axis=0)
+        n += len(X)
+        for c in classes:
+            part = X[yy == c]
+            n_cls[c] += len(part)
+            sums[c] += part.sum(axis=0)
+            squares[c] += (part * part).sum(axis=0)
+    stats = {"means": np.stack([sums[c] / n_cls[c] for c in classes], axis=1), "active_fraction": active / n,
+             "dead": np.flatnonzero(high <= threshold).astype(np.int64),
+             "constant": np.flatnonzero(high == low).astype(np.int64),
+             "cohens_d": {}, "mean_in": {}, "mean_out": {}}
+    tol = 1e-12 * (1.0 + np.maximum(np.abs(low), np.abs(high)))  # as cohens_d: rounding noise of a flat column
+    for c in classes:
+        n_in, n_out = n_cls[c], n - n_cls[c]
+        if n_in in (0, n):
+            for key in ("cohens_d", "mean_in", "mean_out"):
+                stats[key][c] = np.full(width, np.nan)
+            continue
+        mean_in, mean_out = sums[c] / n_in, (total - sums[c]) / n_out
+        ss = np.maximum(squares[c] - n_in * mean_in ** 2, 0.0) + \
+            np.maximum((total_sq - squares[c]) - n_out * mean_out ** 2, 0.0)
+        pooled = np.sqrt(ss / max(1, n - 2))
+        diff = mean_in - mean_out
+        d = np.zeros(width)
+        flat = pooled <= tol
+        d[~flat] = diff[~flat] / pooled[~flat]
+        apart = flat & (np.abs(diff) > tol)
+        d[apart] = np.sign(diff[apart]) * np.inf
+        stats["cohens_d"][c], stats["mean_in"][c], stats["mean_out"][c] = d, mean_in, mean_out
+    return stats
+
+
+def _block_stats(X_all, rows, y, classes, *, threshold=0.0):
     """Per-neuron statistics of ``X_all[rows]``, a block of columns at a time.
 
     Returns a dict: ``means`` (n_units, n_classes), ``active_fraction`` (n_units,), ``dead`` and
@@ -667,6 +748,7 @@ def layer_neuron_summary(exp, layer, *, rows=None, top=10, k=16, threshold=0.0, 
         "classes": tuple(classes),
         "class_names": tuple(str(exp.class_names[int(c)]) for c in classes),
         "n_rows": int(len(known)),
+        "auroc_rows": stats["auroc_rows"],
         "means": means,
         "order": neuron_order(means, dead=dead),
         "preferred": np.asarray(classes)[preferred],

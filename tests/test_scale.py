@@ -239,3 +239,28 @@ def test_a_clusters_signature_neurons_by_blocks_equal_signature_neurons(small_ex
         np.testing.assert_allclose([b[key] for b in blocks], [w[key] for w in whole], rtol=1e-12)
     best = neurons.top_activating(mapped, 3, k=7, rows=known)
     assert np.array_equal(best, neurons.top_activating(X, 3, k=7, rows=known))
+
+
+def test_streamed_neuron_statistics_equal_the_blocked_ones_and_aurocs_come_from_a_sample(small_experiment,
+                                                                                        monkeypatch):
+    exp = small_experiment
+    whole = neurons.layer_neuron_summary(exp, "hidden_1")
+    monkeypatch.setattr(neurons, "STREAM_CELLS", 1)  # every layer streamed by blocks of rows
+    monkeypatch.setattr(neurons, "BLOCK_CELLS", 16 * 37)
+    streamed = neurons.layer_neuron_summary(exp, "hidden_1")  # the AUROCs still on every row
+    assert streamed["auroc_rows"] == whole["auroc_rows"] == whole["n_rows"]
+    for key in ("means", "active_fraction", "selectivity"):
+        np.testing.assert_allclose(streamed[key], whole[key], rtol=1e-9, atol=1e-12)
+    for key in ("dead", "constant", "order"):
+        assert np.array_equal(streamed[key], whole[key])
+    for c in exp.classes:
+        assert [s["neuron"] for s in streamed["signatures"][c]] == [w["neuron"] for w in whole["signatures"][c]]
+        for key in ("auroc", "cohens_d", "mean_in", "mean_out"):
+            np.testing.assert_allclose([s[key] for s in streamed["signatures"][c]],
+                                       [w[key] for w in whole["signatures"][c]], rtol=1e-9)
+    monkeypatch.setattr(neurons, "RANK_CELLS", 16 * 10)  # AUROCs on a seeded sample of rows
+    monkeypatch.setattr(neurons, "MIN_RANK_ROWS", 100)
+    sampled = neurons.layer_neuron_summary(exp, "hidden_1")
+    assert sampled["auroc_rows"] == 100 and sampled["n_rows"] == whole["n_rows"]
+    np.testing.assert_allclose(sampled["means"], whole["means"], rtol=1e-9)  # the rest still on every row
+    assert sampled["signatures"][exp.classes[0]][0]["auroc"] != whole["signatures"][exp.classes[0]][0]["auroc"]
