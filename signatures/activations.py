@@ -50,6 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ._mapped import drop_pages  # noqa: E402
 from .experiment import activation_file  # noqa: E402
 from .models import check_model, fit_input  # noqa: E402
 
@@ -437,6 +438,7 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
                 raise ValueError(f"layer {name!r} has activations up to {float(np.abs(values).max()):.4g}, beyond "
                                  f"float16's {_FLOAT16_MAX:g}: keep activations as float32")
             hidden[name][start:start + len(values)] = values
+            drop_pages(hidden[name])  # written to the file: out of this process's memory
         for kept, values in zip(outputs, outs[n:]):
             kept.append(np.asarray(values, dtype=np.float32))
         batch = start // batch_size + 1

@@ -65,6 +65,8 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ._mapped import drop_pages
+
 # scikit-learn (with scipy, ~1 s and ~90 MiB) is imported only to fit: a page kernel that reads
 # stored clusterings (LayerKMeans.from_dict, predict) never loads it.
 
@@ -482,6 +484,7 @@ class LayerKMeans:
         step = max(1, (32 << 20) // (8 * max(1, shape[1])))
         for start in range(0, shape[0], step):
             yield _check_X(X[start:start + step])
+            drop_pages(X)
 
     def predict(self, X):
         """Assign rows to the fitted clusters (nearest center), without refitting."""

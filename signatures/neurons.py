@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._mapped import drop_pages
+
 __all__ = [
     "class_means",
     "class_preference",
@@ -563,6 +565,7 @@ def _streamed_stats(X_all, rows, y, classes, *, threshold=0.0):
     total, total_sq, n = np.zeros(width), np.zeros(width), 0
     for start in range(0, len(rows), step):
         X = _check_X(np.asarray(X_all[rows[start:start + step]], dtype=np.float64).reshape(-1, width))
+        drop_pages(X_all)
         yy = y[start:start + step]
         low, high = np.minimum(low, X.min(axis=0)), np.maximum(high, X.max(axis=0))
         active += (X > threshold).sum(axis=0)
@@ -613,6 +616,7 @@ def _block_stats(X_all, rows, y, classes, *, threshold=0.0):
     masks = {c: y == c for c in classes}
     for c0 in range(0, width, step):
         X = _check_X(np.asarray(X_all[:, c0:c0 + step][rows], dtype=np.float64))
+        drop_pages(X_all)
         out["means"].append(class_means(X, y, classes))
         out["active_fraction"].append(active_fraction(X, threshold=threshold))
         out["dead"].append(c0 + dead_neurons(X, threshold=threshold))
