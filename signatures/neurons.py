@@ -429,6 +429,7 @@ def top_activating(X, neuron, *, k=16, rows=None):
     candidates = _row_indices(rows, shape[0])
     # Only the neuron's column is read: a memory-mapped layer is never copied whole.
     values = _check_X(np.asarray(X[:, neuron], dtype=np.float64)[candidates][:, None])[:, 0]
+    drop_pages(X)  # a column of a row-major file touches every page of it
     return candidates[np.lexsort((candidates, -values))[:k]]
 
 
@@ -509,7 +510,9 @@ BLOCK_CELLS = 4_000_000
 
 def _column(X_all, rows, j):
     """Column ``j`` of ``X_all`` at ``rows``, as an (n_rows, 1) float64 array."""
-    return np.asarray(X_all[:, j][rows], dtype=np.float64)[:, None]
+    column = np.asarray(X_all[:, j][rows], dtype=np.float64)[:, None]
+    drop_pages(X_all)
+    return column
 
 
 def _sample_rows(rows, width, *, seed=0):
