@@ -177,7 +177,8 @@ def test_the_write_is_atomic_and_leaves_a_complete_experiment(reference, store):
     (folder / PLOTS_FILE).unlink()
     small = GalleryApp(store).preload()._views["small"]
     write_plots(small.exp, folder, view=small)
-    assert sorted(os.listdir(folder)) == ["analysis.json", "arrays.npz", "manifest.json", PLOTS_FILE]  # no temp file
+    assert sorted(os.listdir(folder)) == ["act-0.npy", "act-1.npy", "analysis.json", "arrays.npz", "manifest.json",
+                                          PLOTS_FILE]  # no temp file
     assert is_experiment_folder(folder) == (True, "")
 
 
@@ -193,7 +194,8 @@ def test_a_failed_write_keeps_the_old_file_and_the_page_works(reference, store, 
     with pytest.raises(OSError, match="No space left"):
         write_plots(view.exp, folder, view=view)
     assert (folder / PLOTS_FILE).read_bytes() == before
-    assert sorted(os.listdir(folder)) == ["analysis.json", "arrays.npz", "manifest.json", PLOTS_FILE]
+    assert sorted(os.listdir(folder)) == ["act-0.npy", "act-1.npy", "analysis.json", "arrays.npz", "manifest.json",
+                                          PLOTS_FILE]
 
     (folder / PLOTS_FILE).unlink()  # a kernel that must rebuild it, on a full disk: a warning, the page works
     app = GalleryApp(store)

@@ -154,7 +154,8 @@ def _low_priority_thread(work, *, name, niceness=10):
     """
     def run():
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(niceness))
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + int(niceness), 19))
         except (AttributeError, OSError):
             pass  # not Linux, or not allowed
         work()
