@@ -84,7 +84,14 @@ def copy_store(src, dst, *, with_plots):
     from signatures.app.view import PLOTS_FILE, write_plots
     from signatures.store import list_experiments, load_experiment
 
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.keras", PLOTS_FILE, "report.html"))
+    def link_or_copy(a, b):  # activation files can be gigabytes: link them where the file system allows
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    # plots.zip and the report are left out (rebuilt or not needed); the model stays, as the manifest lists it.
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(PLOTS_FILE, "report.html"), copy_function=link_or_copy)
     timings, sizes = {}, {}
     if with_plots:
         for m in list_experiments(dst):
