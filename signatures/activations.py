@@ -381,9 +381,10 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
         Also return the logits behind a softmax output (for MaxLogit and energy scores),
         from the same forward pass.
     out : str or Path, optional
-        A folder: each layer's activations are written there batch by batch, as
-        ``act-<j>.npy`` (:func:`activation_file`), and returned memory-mapped, so that
-        no more than one batch of them is ever held in memory. Default: in memory.
+        A folder: each layer's activations are written there batch by batch, as new
+        ``act-<j>.npy`` files (:func:`activation_file`; an existing one is an error), and
+        returned memory-mapped read-only, so that no more than one batch of them is ever held
+        in memory. Default: in memory.
     dtype : {"float32", "float16"}
         How activations are kept; float16 halves their size (about 3 significant digits).
 
@@ -422,9 +423,11 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
                 shape = (n_rows,) + values.shape[1:]
                 if out is None:
                     hidden[name] = np.empty(shape, dtype=dtype)
-                else:
-                    hidden[name] = np.lib.format.open_memmap(Path(out) / activation_file(j), mode="w+",
-                                                             dtype=dtype, shape=shape)
+                    continue
+                file = Path(out) / activation_file(j)
+                if file.exists():  # never written over: it may be a stored experiment's
+                    raise FileExistsError(f"{str(file)!r} exists already; give extract an empty folder as out")
+                hidden[name] = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape)
             outputs = [[] for _ in outs[n:]]
         for name, values in zip(names, outs[:n]):
             bad = ~np.isfinite(values).all(axis=1)
@@ -444,9 +447,10 @@ def extract(model, X, *, layers=None, reduce="mean", batch_size=512, progress=No
         batch = start // batch_size + 1
         if batch % 10 == 0 or batch == n_batches:
             report("extraction", batch / n_batches, f"batch {batch}/{n_batches}")
-    for values in hidden.values():
-        if isinstance(values, np.memmap):
+    for name, values in hidden.items():
+        if isinstance(values, np.memmap):  # written: read-only from now on (a saved experiment may link the file)
             values.flush()
+            hidden[name] = np.load(values.filename, mmap_mode="r")
     output = np.concatenate(outputs[0])
     if not logits:
         return hidden, output

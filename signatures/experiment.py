@@ -156,7 +156,7 @@ class ExperimentConfig:
     memory_budget : int or None
         MiB the activations may take in memory (:data:`MIN_MEMORY_BUDGET` ..
         :data:`MAX_MEMORY_BUDGET`); larger activations are streamed to files beside the
-        experiment and read memory-mapped (:func:`activations_on_disk`). None: a quarter of
+        experiment and read memory-mapped (see :func:`run_experiment`). None: a quarter of
         the memory available when the run starts, at most 2,048 MiB. It changes where the
         activations are held, never the results, so it is not part of the config key.
     seed : int

@@ -264,3 +264,18 @@ def test_streamed_neuron_statistics_equal_the_blocked_ones_and_aurocs_come_from_
     assert sampled["auroc_rows"] == 100 and sampled["n_rows"] == whole["n_rows"]
     np.testing.assert_allclose(sampled["means"], whole["means"], rtol=1e-9)  # the rest still on every row
     assert sampled["signatures"][exp.classes[0]][0]["auroc"] != whole["signatures"][exp.classes[0]][0]["auroc"]
+
+
+def test_streamed_activations_are_read_only_and_never_written_over_an_existing_file(tmp_path):
+    keras = pytest.importorskip("keras")
+    from signatures.activations import extract
+
+    model = _wide_model(keras)
+    X = np.random.default_rng(0).normal(size=(50, 2)).astype("float32")
+    hidden, _ = extract(model, X, out=tmp_path)
+    with pytest.raises(ValueError, match="read-only"):
+        hidden["h1"][0, 0] = 1.0  # a stored experiment may link this file
+    before = (tmp_path / "act-0.npy").read_bytes()
+    with pytest.raises(FileExistsError, match="act-0.npy' exists already; give extract an empty folder"):
+        extract(model, X * 2, out=tmp_path)
+    assert (tmp_path / "act-0.npy").read_bytes() == before
