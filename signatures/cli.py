@@ -157,6 +157,8 @@ def _cmd_run(args):
         return 2
     out = Path(args.out)
     check_output(out, overwrite=args.overwrite)  # before any work: exists, not an experiment, not writable
+    if args.scheduler is not None:
+        return _run_as_job(args, config, out)
 
     from .experiment import print_progress, run_experiment
     from .store import save_experiment
@@ -177,14 +179,60 @@ def _cmd_run(args):
     except OSError as exc:
         print(f"warning: {out / PLOTS_FILE} could not be written ({exc.strerror or exc}); the site's pages "
               "will build the figures themselves", file=sys.stderr)
-    print(f"held-out accuracy {exp.metrics['accuracy']:.4f}")
-    for sentence in analysis["findings"]:
-        print(f"  - {sentence}")
-    for name, est in exp.clusterers.items():
-        extra = f" ({est.status_}: {est.note_})" if est.status_ != "ok" else ""
-        print(f"  {name}: K = {est.k_}{extra}")
-    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in exp.timings.items()))
+    notes = {name: f"{est.status_}: {est.note_}" for name, est in exp.clusterers.items() if est.status_ != "ok"}
+    _print_summary(exp.metrics["accuracy"], analysis["findings"], {n: e.k_ for n, e in exp.clusterers.items()},
+                   notes, exp.timings)
     print(f"wrote {out}/ and {report}")
+    return 0
+
+
+def _print_summary(accuracy, findings, ks, notes, timings):
+    print(f"held-out accuracy {accuracy:.4f}")
+    for sentence in findings:
+        print(f"  - {sentence}")
+    for name, k in ks.items():
+        extra = f" ({notes[name]})" if name in notes else ""
+        print(f"  {name}: K = {k}{extra}")
+    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+def _run_as_job(args, config, out):
+    """``run --scheduler``: the experiment as a job on a running cluster's warm workers.
+
+    This process never imports TensorFlow or loads UMAP: the workers hold both already. They
+    write ``--out`` themselves, so it must be a path they can reach (the same machine, or a
+    shared file system); data and model paths are made absolute for them.
+    """
+    from dataclasses import replace
+
+    from .app.jobs import JobFailed
+    from .canonical import absolute_data_dir, check_cluster_options, follow_jobs, open_jobs
+    from .experiment import print_progress
+
+    problems = check_cluster_options(None, args.scheduler, words={"scheduler": "--scheduler"})
+    if problems:
+        for message in problems:
+            print(f"error: {message}", file=sys.stderr)
+        return 2
+    config = replace(config, data_dir=absolute_data_dir(config.data_dir),
+                     model_path=str(Path(config.model_path).expanduser().resolve()) if config.model_path else None)
+    quiet = args.quiet
+
+    def progress(name, event):
+        if not quiet:
+            print_progress(event["stage"], event["fraction"], event["message"])
+
+    with open_jobs(scheduler=args.scheduler) as jobs:
+        job = jobs.submit(config, out.resolve().parent, overwrite=args.overwrite, words=OPTION_WORDS)
+        follow_jobs({config.name: job}, progress=progress)
+        try:
+            result = job.result()
+        except JobFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    _print_summary(result["accuracy"], result["findings"], result["k"], result.get("notes", {}),
+                   result["timings"])
+    print(f"wrote {out}/ and {out / 'report.html'} (on the scheduler's worker, in {result['seconds']:.1f} s)")
     return 0
 
 
@@ -383,6 +431,10 @@ def build_parser():
     r.add_argument("--model", type=Path, help="your own trained .keras model (skips training)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing experiment folder")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run as a job on the warm workers of a running Dask scheduler (tcp://HOST:PORT, e.g. the "
+                        "one 'serve' prints): this process imports neither TensorFlow nor UMAP. The workers write "
+                        "--out, so it must be a path they can reach")
     r.set_defaults(func=_cmd_run)
 
     rep = sub.add_parser("report", help="re-draw report.html of a stored experiment (no TensorFlow)",

@@ -157,3 +157,42 @@ def test_a_scheduler_that_does_not_answer_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no Dask scheduler answers at 'tcp://127.0.0.1:9'" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+TINY_RUN = ["--dataset", "digits", "--digits", "1", "7", "--anomalies", "3", "--hidden", "8", "--epochs", "2",
+            "--k-max", "4", "--umap-points", "200"]
+
+
+def test_run_on_a_scheduler_stores_the_experiment_without_tensorflow_in_the_command(jobs, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs" / "tiny-run"
+    out.parent.mkdir()
+    script = ("import sys\nfrom signatures.cli import main\n"
+              f"status = main({['run', '--out', str(out), *TINY_RUN, '--scheduler', jobs.address]!r})\n"
+              "print('TF', 'tensorflow' in sys.modules, 'UMAP', 'umap' in sys.modules)\nsys.exit(status)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "TF False UMAP False", "the command itself imports neither TensorFlow nor UMAP"
+    stages = [line[1:].split()[0] for line in lines if line.startswith("[")]
+    assert [s for s in ORDER if s in stages] == ORDER and stages.index("training") < stages.index("clustering")
+    exp = load_experiment(out)
+    assert exp.config.name == "tiny-run" and exp.config.hidden == (8,)
+    accuracy = next(line for line in lines if line.startswith("held-out accuracy"))
+    assert float(accuracy.split()[-1]) == pytest.approx(exp.metrics["accuracy"], abs=5e-5)
+    assert any(line.startswith("  hidden_1: K = ") for line in lines)
+    assert (out / "report.html").stat().st_size > 0 and f"wrote {out}/" in lines[-2]
+
+
+def test_run_on_a_scheduler_hands_back_the_workers_error(jobs, tmp_path, capsys):
+    out = tmp_path / "tiny-gone"
+    argv = ["run", "--out", str(out), "--dataset", "mnist", "--data-dir", str(tmp_path / "gone"), "--n-per-class",
+            "50", "--hidden", "8", "--epochs", "2", "--k-max", "4", "--scheduler", jobs.address]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "gone") in err and "Traceback" not in err
+    assert not out.exists(), "nothing stored, nothing half-written"
+    assert main(argv[:-1] + ["tcp://127.0.0.1:9"]) == 2
+    assert "no Dask scheduler answers at 'tcp://127.0.0.1:9'" in capsys.readouterr().err

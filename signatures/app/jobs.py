@@ -161,6 +161,8 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
             "name": path.name,
             "accuracy": float(exp.metrics["accuracy"]),
             "k": {name: int(est.k_) for name, est in exp.clusterers.items()},
+            "notes": {name: f"{est.status_}: {est.note_}" for name, est in exp.clusterers.items()
+                      if est.status_ != "ok"},
             "seconds": round(time.perf_counter() - start, 1),
             "timings": dict(exp.timings),
             "findings": list(analysis.get("findings", [])),

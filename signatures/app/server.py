@@ -1193,6 +1193,9 @@ def serve(*, port=8866, address="127.0.0.1", store="runs", data_dir=None, class_
     refresh_stored(os.environ[STORE_ENV])
     print(f"open {site_url(address, port, token)}", file=sys.stderr, flush=True)
     print(pool_note(class_size, pool_size, gallery_pool_size, preheat), file=sys.stderr, flush=True)
+    if cluster is not None:
+        print(f"jobs run on the Dask scheduler {cluster.address}; 'python -m signatures run --scheduler "
+              f"{cluster.address} ...' runs an experiment on its warm workers", file=sys.stderr, flush=True)
     if not is_loopback(address):
         print("the token is required of every visitor; anyone with this URL can use the site", file=sys.stderr,
               flush=True)
