@@ -42,6 +42,7 @@ OPTION_WORDS = {
     "arch": "--arch",
     "hidden": "--hidden",
     "activation": "--activation",
+    "dropout": "--dropout",
     "filters": "--filters",
     "epochs": "--epochs",
     "batch_size": "--batch-size",
@@ -124,6 +125,7 @@ def _config_from_args(args):
         hidden=tuple(args.hidden) if args.hidden is not None else (
             defaults.hidden if args.arch == "mlp" else (32,)),
         activation=args.activation,
+        dropout=args.dropout,
         filters=tuple(args.filters),
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -406,6 +408,9 @@ def build_parser():
     r.add_argument("--hidden", nargs="*", type=str, default=None,
                    help="dense hidden sizes, each at most 4096 (default 64 32 for mlp, 32 for cnn)")
     r.add_argument("--activation", default="relu")
+    r.add_argument("--dropout", type=_number, default=0.0,
+                   help="dropout rate after each dense hidden layer, 0..0.9 (default 0: none); with dropout the "
+                        "run also measures Monte-Carlo-dropout uncertainty")
     r.add_argument("--filters", nargs="+", type=str, default=["8", "16"],
                    help="conv filters per block (cnn), each at most 4096")
     r.add_argument("--epochs", type=_number, default=5, help="training epochs, 1..200 (default 5)")

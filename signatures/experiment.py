@@ -57,6 +57,8 @@ MAX_UMAP_POINTS = 20_000
 MAX_SEED = 2**31 - 1
 #: Fewest rows a UMAP map can be fitted on (:class:`signatures.projection.Projection`).
 MIN_UMAP_FIT_ROWS = 4
+#: Highest dropout rate a config may ask for.
+MAX_DROPOUT = 0.9
 
 #: Field -> the word a user sees for it in messages. Apps and the CLI pass their own words
 #: (``problems(words={"n_per_class": "images per digit"})`` or option names); ``k_range``
@@ -72,6 +74,7 @@ FIELD_WORDS = {
     "arch": "architecture",
     "hidden": "hidden sizes",
     "activation": "activation",
+    "dropout": "dropout",
     "filters": "conv filters",
     "epochs": "epochs",
     "batch_size": "batch size",
@@ -128,6 +131,11 @@ class ExperimentConfig:
         each 1 .. :data:`~signatures._checks.MAX_UNITS`, at most
         :data:`~signatures._checks.MAX_LAYERS` layers.
     activation : str
+    dropout : float
+        Dropout rate after each dense hidden layer (after the flattened conv maps of a CNN
+        without dense layers), 0 .. :data:`MAX_DROPOUT`; 0 (default) adds no dropout layer.
+        With dropout, the run also measures Monte-Carlo-dropout uncertainty
+        (:mod:`signatures.uncertainty`).
     filters : tuple of int
         Conv filters per block (CNN only), bounded as ``hidden``.
     epochs : int
@@ -177,6 +185,7 @@ class ExperimentConfig:
     arch: str = "mlp"
     hidden: tuple = (64, 32)
     activation: str = "relu"
+    dropout: float = 0.0
     filters: tuple = (8, 16)
     epochs: int = 5
     batch_size: int = 64
@@ -257,6 +266,13 @@ class ExperimentConfig:
     def _check_activation(self, w):
         check_activation(self.activation, what=w["activation"])
 
+    def _check_dropout(self, w):
+        d = self.dropout
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(d) or not 0.0 <= float(d) <= MAX_DROPOUT:
+            raise ValueError(f"{w['dropout']} must be a rate from 0 (none) to {MAX_DROPOUT}, got {d!r}")
+        self.dropout = float(d)
+
     def _check_epochs(self, w):
         self.epochs = check_int(self.epochs, w["epochs"], low=1, high=MAX_EPOCHS)
 
@@ -333,7 +349,8 @@ class ExperimentConfig:
         ("dataset", "_check_dataset"), ("digits", "_check_digits"), ("anomalies", "_check_anomalies"),
         ("all_unseen", "_check_all_unseen"), ("n_per_class", "_check_n_per_class"),
         ("test_size", "_check_test_size"), ("arch", "_check_arch"), ("hidden", "_check_hidden"),
-        ("filters", "_check_filters"), ("activation", "_check_activation"), ("epochs", "_check_epochs"),
+        ("filters", "_check_filters"), ("activation", "_check_activation"), ("dropout", "_check_dropout"),
+        ("epochs", "_check_epochs"),
         ("batch_size", "_check_batch_size"), ("k_range", "_check_k_range"), ("k_criterion", "_check_k_criterion"),
         ("sample_size", "_check_sample_size"),
         ("umap_points", "_check_umap_points"), ("reduce", "_check_reduce"),
@@ -485,6 +502,8 @@ class ExperimentConfig:
         d.pop("memory_budget")  # where activations are held, not what they are
         if d["activations_dtype"] == "float32":  # the keys of experiments made before the option
             d.pop("activations_dtype")
+        if not d["dropout"]:  # likewise: no dropout is what every earlier experiment had
+            d.pop("dropout")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -726,10 +745,11 @@ def build_and_train(config, subset, *, seed=None, progress=None):
     seed = config.seed if seed is None else seed
     if config.arch == "mlp":
         model = _models.build_mlp(subset.X_train.shape[1], len(subset.classes), hidden=config.hidden,
-                                  activation=config.activation, seed=seed)
+                                  activation=config.activation, dropout=config.dropout, seed=seed)
     else:
         model = _models.build_cnn(subset.X_train.shape[1:], len(subset.classes), filters=config.filters,
-                                  dense=config.hidden, activation=config.activation, seed=seed)
+                                  dense=config.hidden, activation=config.activation, dropout=config.dropout,
+                                  seed=seed)
     if progress:
         progress("training", 0.0, f"training {model.name} for {config.epochs} epochs")
     history = _models.train(model, subset.X_train, subset.Y_train, epochs=config.epochs,

@@ -31,7 +31,14 @@ __all__ = [
     "parse_hidden",
 ]
 
-def build_mlp(input_dim, n_classes, *, hidden=(64, 32), activation="relu", seed=0):
+def _dropout_layer(rate, name, seed):
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f"dropout must be a rate in [0, 1), got {rate!r}")
+    return keras.layers.Dropout(float(rate), seed=seed, name=name)
+
+
+def build_mlp(input_dim, n_classes, *, hidden=(64, 32), activation="relu", dropout=0.0, seed=0):
     """A dense classifier: ``Input -> hidden_1 .. hidden_N -> output (softmax)``.
 
     Parameters
@@ -42,8 +49,10 @@ def build_mlp(input_dim, n_classes, *, hidden=(64, 32), activation="relu", seed=
     hidden : sequence of int
     activation : str
         One of ``ACTIVATIONS``.
+    dropout : float
+        Rate of a ``Dropout`` layer (``dropout_i``) after each hidden layer; 0 adds none.
     seed : int
-        Seeds the weight initialisers.
+        Seeds the weight initialisers (and the dropout masks' seed generators).
 
     Returns
     -------
@@ -61,6 +70,8 @@ def build_mlp(input_dim, n_classes, *, hidden=(64, 32), activation="relu", seed=
                 name=f"hidden_{i}",
             )
         )
+        if dropout:
+            layers.append(_dropout_layer(dropout, f"dropout_{i}", seed + 200 + i))
     layers.append(
         keras.layers.Dense(
             int(n_classes),
@@ -83,6 +94,7 @@ def build_cnn(
     pool_size=2,
     dense=(32,),
     activation="relu",
+    dropout=0.0,
     seed=0,
 ):
     """A small conv net: ``[conv_i -> pool_i] * len(filters) -> flatten -> hidden_j -> output``.
@@ -98,6 +110,9 @@ def build_cnn(
     dense : sequence of int
         Dense hidden layers after the conv blocks (may be empty).
     activation : str
+    dropout : float
+        Rate of a ``Dropout`` layer after each dense hidden layer (``dropout_j``), or after
+        ``flatten`` when there is none (``dropout_0``); 0 adds none.
     seed : int
 
     Returns
@@ -123,6 +138,8 @@ def build_cnn(
             layers.append(keras.layers.MaxPooling2D(pool_size, name=f"pool_{i}"))
             size //= pool_size
     layers.append(keras.layers.Flatten(name="flatten"))
+    if dropout and not dense:
+        layers.append(_dropout_layer(dropout, "dropout_0", seed + 200))
     for j, units in enumerate(dense, start=1):
         layers.append(
             keras.layers.Dense(
@@ -131,6 +148,8 @@ def build_cnn(
                 name=f"hidden_{j}",
             )
         )
+        if dropout:
+            layers.append(_dropout_layer(dropout, f"dropout_{j}", seed + 200 + j))
     layers.append(
         keras.layers.Dense(
             int(n_classes), activation="softmax",

@@ -126,6 +126,12 @@ BAD = [
     ({"k_max": 10.5}, "k_range", r"largest K must be a whole number .* got 10\.5"),
     ({"k_max": MAX_K + 1}, "k_range", r"largest K must be a whole number from 2 to 100 .* got 101"),
     ({"k_min": 6, "k_max": 3}, "k_range", r"K range is inverted: smallest K = 6 > largest K = 3"),
+    # dropout
+    ({"dropout": 0.95}, "dropout", r"dropout must be a rate from 0 \(none\) to 0\.9, got 0\.95"),
+    ({"dropout": -0.1}, "dropout", r"dropout must be a rate from 0 \(none\) to 0\.9, got -0\.1"),
+    ({"dropout": "half"}, "dropout", r"dropout must be a rate from 0 \(none\) to 0\.9, got 'half'"),
+    ({"dropout": NAN}, "dropout", r"dropout must be a rate from 0 \(none\) to 0\.9, got nan"),
+    ({"dropout": True}, "dropout", r"dropout must be a rate from 0 \(none\) to 0\.9, got True"),
     # seed
     ({"seed": -1}, "seed", r"seed must be a whole number from 0 to 2147483647, got -1"),
     ({"seed": MAX_SEED + 1}, "seed", r"seed must be a whole number from 0 to 2147483647, got 2147483648"),

@@ -33,6 +33,26 @@ def test_cnn_layers():
     assert model.outputs[0].shape[-1] == 2
 
 
+def test_dropout_layers_follow_each_dense_hidden_layer_and_none_by_default():
+    names = [layer.name for layer in build_mlp(784, 2, hidden=(8, 4), dropout=0.25).layers]
+    assert names == ["hidden_1", "dropout_1", "hidden_2", "dropout_2", "output"]
+    assert all(layer.rate == 0.25 for layer in build_mlp(784, 2, hidden=(8, 4), dropout=0.25).layers
+               if layer.name.startswith("dropout"))
+    assert [layer.name for layer in build_cnn((28, 28, 1), 2, filters=(4,), dense=(), dropout=0.5).layers] == [
+        "conv_1", "pool_1", "flatten", "dropout_0", "output"]
+    assert not any(layer.name.startswith("dropout") for layer in build_mlp(784, 2, hidden=(8, 4)).layers)
+    with pytest.raises(ValueError, match=r"dropout must be a rate in \[0, 1\), got 1\.0"):
+        build_mlp(784, 2, dropout=1.0)
+
+
+def test_dropout_is_not_a_hidden_layer_and_a_config_without_it_keeps_its_key():
+    from signatures.activations import default_hidden_layers
+    from signatures.experiment import ExperimentConfig
+
+    assert default_hidden_layers(build_mlp(784, 2, hidden=(8, 4), dropout=0.25)) == ["hidden_1", "hidden_2"]
+    assert ExperimentConfig().key() == ExperimentConfig(dropout=0).key() != ExperimentConfig(dropout=0.2).key()
+
+
 @pytest.mark.parametrize(
     "hidden, message",
     [((), "at least one layer size"), ("", "at least one layer size"), (("a", 3), "'a'"),
