@@ -126,6 +126,8 @@ def _architecture(exp):
         text += f" ({c.activation}, {c.reduce} of feature maps)"
     else:
         text = f"MLP, dense {'-'.join(map(str, c.hidden))} ({c.activation})"
+    if getattr(c, "dropout", 0.0):
+        text += f", dropout {c.dropout:g}"
     n_params = exp.info.get("n_params")
     return text + (f", {n_params:,} parameters" if n_params else "")
 

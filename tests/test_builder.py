@@ -84,6 +84,9 @@ def test_builder_defaults_are_valid(store):
     assert app.check() == {} and errors(app) == {}
     config = app.config().validate()
     assert config.digits == (1, 7) and config.anomalies == (3, 4) and config.all_unseen
+    assert config.dropout == 0.0, "no dropout unless asked for"
+    app.dropout.value = 0.2
+    assert app.config().validate().dropout == 0.2 and app.check() == {}
 
 
 def set_value(control, value):

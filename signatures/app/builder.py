@@ -245,6 +245,10 @@ class BuilderApp:
         self.activation = W.Dropdown(options=["relu", "tanh", "sigmoid", "elu", "gelu"], value="relu",
                                      description="Activation", **label)
         self.filters = W.Text(value="8 16", description="CNN filters", **label)
+        self.dropout = W.Dropdown(options=[("none", 0.0), ("0.1", 0.1), ("0.2", 0.2), ("0.3", 0.3), ("0.5", 0.5)],
+                                  value=0.0, description="Dropout", tooltip="Dropout after each dense hidden layer: "
+                                  "the run then also measures how sure the network is (Monte-Carlo dropout)",
+                                  **label)
         self.epochs = W.BoundedIntText(value=5, min=0, max=200, description="Epochs", **label)
         self.k_min = NumberText(value="2", description="K from", **label)
         self.k_max = NumberText(value="10", description="K to", **label)
@@ -271,7 +275,7 @@ class BuilderApp:
 
         self.errors = {key: W.HTML() for key in (
             "dataset", "digits", "anomalies", "n_per_class", "arch", "hidden", "filters", "activation",
-            "epochs", "k_range", "k_criterion", "seed", "name", "other")}
+            "dropout", "epochs", "k_range", "k_criterion", "seed", "name", "other")}
         self.filters_row = W.VBox([self.filters, self.errors["filters"]])
         self.arch.observe(lambda _: self._show_arch(), "value")
         self._show_arch()
@@ -282,7 +286,8 @@ class BuilderApp:
         controls = {
             "dataset": [self.dataset], "digits": [self.digit_toggles], "anomalies": [self.anomaly_toggles],
             "n_per_class": [self.n_per_class], "arch": [self.arch], "hidden": [self.hidden],
-            "filters": [self.filters], "activation": [self.activation], "epochs": [self.epochs],
+            "filters": [self.filters], "activation": [self.activation], "dropout": [self.dropout],
+            "epochs": [self.epochs],
             "k_range": [self.k_min, self.k_max], "k_criterion": [self.k_criterion, self.k_fixed],
             "seed": [self.seed], "name": [self.name],
         }
@@ -302,6 +307,7 @@ class BuilderApp:
             self.hidden, e["hidden"],
             self.filters_row,
             self.activation, e["activation"],
+            self.dropout, e["dropout"],
             self.epochs, e["epochs"],
             W.HBox([self.k_min, self.k_max]), e["k_range"],
             W.HBox([self.k_criterion, self.k_fixed]), e["k_criterion"],
@@ -347,7 +353,8 @@ class BuilderApp:
             "dataset": self.dataset.description, "digits": self.digit_toggles.description,
             "anomalies": self.anomaly_toggles.description, "n_per_class": self.n_per_class.description,
             "arch": self.arch.description, "hidden": self.hidden.description, "filters": self.filters.description,
-            "activation": self.activation.description, "epochs": self.epochs.description,
+            "activation": self.activation.description, "dropout": self.dropout.description,
+            "epochs": self.epochs.description,
             "k_min": self.k_min.description, "k_max": self.k_max.description, "k_range": "K range",
             "k_criterion": self.k_criterion.description, "k_fixed": self.k_fixed.description,
             "seed": self.seed.description,
@@ -371,6 +378,7 @@ class BuilderApp:
             arch=self.arch.value,
             hidden=self.hidden.value,
             activation=self.activation.value,
+            dropout=self.dropout.value,
             filters=self.filters.value if self.arch.value == "cnn" else (8, 16),
             epochs=self.epochs.value,
             k_min=_int_or_text(self.k_min.value),

@@ -61,8 +61,11 @@ def _architecture(config):
     c = config
     if c.arch == "cnn":
         dense = "-".join(map(str, c.hidden)) or "none"
-        return f"CNN filters {'-'.join(map(str, c.filters))}, dense {dense} ({c.activation})"
-    return f"MLP {'-'.join(map(str, c.hidden))} ({c.activation})"
+        text = f"CNN filters {'-'.join(map(str, c.filters))}, dense {dense} ({c.activation})"
+    else:
+        text = f"MLP {'-'.join(map(str, c.hidden))} ({c.activation})"
+    rate = getattr(c, "dropout", 0.0)
+    return text + (f", dropout {rate:g}" if rate else "")
 
 
 def _manifest_label(manifest):
