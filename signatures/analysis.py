@@ -154,6 +154,8 @@ def sampled(exp, *, cells=None, min_rows=None, seed=0):
     view = replace(exp, labels=pick(exp.labels), split=pick(exp.split), images=pick(exp.images),
                    probs=pick(exp.probs), paths=pick(exp.paths), dataset_rows=pick(exp.dataset_rows),
                    logits=pick(getattr(exp, "logits", None)), work_folder=None,
+                   uncertainty=None if getattr(exp, "uncertainty", None) is None else {
+                       k: (v if k == "passes" else pick(v)) for k, v in exp.uncertainty.items()},
                    hidden=OrderedDict((k, pick(v)) for k, v in exp.hidden.items()),
                    embeddings=OrderedDict((k, pick(v)) for k, v in exp.embeddings.items()))
     return view, {"rows": int(len(rows)), "of": int(n), "units": int(units)}
@@ -552,7 +554,36 @@ def findings(result, exp, *, tie_margin=TIE_MARGIN, low_accuracy=LOW_ACCURACY):
     detectors = _detector_sentence(result, exp)
     if detectors:
         out.append(detectors)
+    uncertainty = _uncertainty_sentence(result, exp)
+    if uncertainty:
+        out.append(uncertainty)
     return out
+
+
+def _strength(rho):
+    size = abs(rho)
+    return "strong" if size >= 0.7 else "moderate" if size >= 0.4 else "weak" if size >= 0.2 else "next to none"
+
+
+def _uncertainty_sentence(result, exp):
+    """How sure the network is (Monte-Carlo dropout), beside path rarity and the signature score."""
+    det = result.get("detectors") or {}
+    mc = det.get("uncertainty")
+    if not mc:
+        return None
+    overall = det["overall"]
+    entropy, mi = overall.get("mc_entropy", {}).get("auroc"), overall.get("mc_mi", {}).get("auroc")
+    if entropy is None or mi is None:
+        return None
+    rho = mc["spearman"]["mc_mi"]
+    parts = []
+    for other, words in (("path_rarity", "path rarity"), ("signature", "the signature score")):
+        r = rho.get(other)
+        parts.append(f"{round(r, 2) + 0.0:+.2f} with {words} ({_strength(r)})" if r is not None
+                     else f"undefined with {words} (a constant score)")
+    return (f"How sure the network is (Monte-Carlo dropout, {mc['passes']} passes): its mutual information tells "
+            f"{_set_words(exp, det['unseen'])} from held-out inputs with AUROC {mi:.3f} (predictive entropy "
+            f"{entropy:.3f}); its rank correlation is {parts[0]} and {parts[1]}.")
 
 
 #: AUROCs closer than this are called a tie in the findings.

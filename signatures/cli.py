@@ -169,6 +169,9 @@ def _cmd_run(args):
                          workdir=out.resolve().parent)
     save_experiment(exp, out, overwrite=args.overwrite)
     exp.release_work_folder()
+    from .explanations import explain_stored
+
+    explain_stored(exp, out, progress=None if args.quiet else print_progress)
     from .analysis import load_or_analyze
     from .report import write_report
 

@@ -41,6 +41,8 @@ __all__ = [
     "Subset",
     "load_dataset",
     "prepare",
+    "max_value",
+    "model_inputs",
     "one_hot",
     "read_idx",
 ]
@@ -352,7 +354,6 @@ def load_dataset(name="mnist", *, data_dir=None):
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
     if name == "digits":
         images, labels, source = _load_digits()
-        max_value = 16.0
     else:
         data_dir = data_dir if data_dir is not None else os.environ.get(ENV_DATA_DIR) or None
         if data_dir is not None:
@@ -364,8 +365,19 @@ def load_dataset(name="mnist", *, data_dir=None):
             images, labels, source = _load_idx_dir(name, present, skipped=[r for r in roots if not r.is_dir()])
         else:
             images, labels, source = _load_keras(name)
-        max_value = 255.0
-    return Dataset(name, images, labels, DATASETS[name], max_value, source)
+    return Dataset(name, images, labels, DATASETS[name], max_value(name), source)
+
+
+def max_value(name):
+    """The largest pixel value of dataset ``name``: 16 for scikit-learn's digits, else 255."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    return 16.0 if name == "digits" else 255.0
+
+
+def model_inputs(images, name, *, flatten):
+    """Stored images (uint8 or the digits' 0..16) as a network of :func:`prepare` takes them."""
+    return _scale(np.asarray(images), max_value(name), flatten)
 
 
 # --------------------------------------------------------------------------- subsets

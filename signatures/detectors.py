@@ -641,12 +641,40 @@ def detector_table(rows, scores, labels, split):
 
 
 #: Detectors whose ROC curves and table rows the pages and the report show, in order.
-SHOWN = ("signature", "msp", "maxlogit", "energy", "mahalanobis", "knn", "dknn")
+SHOWN = ("signature", "msp", "maxlogit", "energy", "mahalanobis", "knn", "dknn", "mc_entropy", "mc_mi")
 #: Plain names of the detectors, as the pages show them.
 TITLES = {
     "signature": "signature score (this tool)", "msp": "max softmax", "maxlogit": "max logit", "energy": "energy",
     "mahalanobis": "Mahalanobis (all layers)", "knn": "kNN (last layer)", "dknn": "deep kNN",
+    "mc_entropy": "MC-dropout entropy", "mc_mi": "MC-dropout mutual information",
 }
+
+
+def _spearman(a, b):
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None  # a constant score has no rank correlation
+    return float(spearmanr(a, b).statistic)
+
+
+def uncertainty_correlations(uncertainty, others):
+    """Spearman correlation of each Monte-Carlo-dropout quantity with each other score, on the same rows.
+
+    Parameters
+    ----------
+    uncertainty : dict[str, ndarray of shape (n,)]
+        E.g. ``{"mc_entropy": ..., "mc_mi": ...}``.
+    others : dict[str, ndarray of shape (n,)]
+        E.g. the path rarity and the signature score.
+
+    Returns
+    -------
+    dict[str, dict[str, float or None]]
+        ``[uncertainty name][other name]``; None where a score is constant.
+    """
+    return {u: {o: _spearman(values, other) for o, other in others.items()} for u, values in uncertainty.items()}
 
 
 def _roc_points(scores, positive, n=60):
@@ -688,7 +716,21 @@ def experiment_detectors(exp, *, unseen=None, k=10, random_state=0):
     inputs = exp.images[rows_all].reshape(len(rows_all), -1).astype(np.float64) / 255.0
     rows, scores = detector_scores(hidden, labels, split, probs=exp.probs[rows_all], logits=logits,
                                    clusters=clusters, inputs=inputs, k=k, random_state=random_state)
+    mc = getattr(exp, "uncertainty", None)
+    if mc is not None:  # Monte-Carlo dropout of a model with dropout: the field's uncertainty, beside the rest
+        scores["mc_entropy"] = np.asarray(mc["entropy"], dtype=np.float64)[rows_all][rows]
+        scores["mc_mi"] = np.asarray(mc["mutual_information"], dtype=np.float64)[rows_all][rows]
     table = detector_table(rows, scores, labels, split)
+    if mc is not None:
+        from .anomaly import path_rarity
+
+        paths, predicted = exp.paths[rows_all], exp.predicted[rows_all]
+        rarity = path_rarity(paths[train], paths[rows], predicted=predicted[rows], train_predicted=predicted[train])
+        table["uncertainty"] = {
+            "passes": int(mc.get("passes", 0)),
+            "spearman": uncertainty_correlations({"mc_entropy": scores["mc_entropy"], "mc_mi": scores["mc_mi"]},
+                                                 {"path_rarity": rarity, "signature": scores["signature"]}),
+        }
     positive = split[rows] == 2
     table["unseen"] = unseen
     table["roc"] = {name: _roc_points(scores[name], positive) for name in SHOWN if name in scores}

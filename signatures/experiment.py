@@ -57,6 +57,8 @@ MAX_UMAP_POINTS = 20_000
 MAX_SEED = 2**31 - 1
 #: Fewest rows a UMAP map can be fitted on (:class:`signatures.projection.Projection`).
 MIN_UMAP_FIT_ROWS = 4
+#: Forward passes of Monte-Carlo dropout for a model with dropout.
+MC_PASSES = 20
 #: Highest dropout rate a config may ask for.
 MAX_DROPOUT = 0.9
 
@@ -608,6 +610,10 @@ class Experiment:
     logits : ndarray of shape (n, n_classes) or None
         The logits behind a softmax output (for MaxLogit and energy scores); None when the
         model has none or for experiments stored before they were kept.
+    uncertainty : dict or None
+        Monte-Carlo dropout of a model with dropout (:func:`signatures.uncertainty.mc_dropout`):
+        ``entropy`` and ``mutual_information`` (ndarray of shape (n,), nats) and ``passes``;
+        None for a model without dropout.
     model : keras.Model or None
         Present after a run; ``None`` when loaded for browsing.
     """
@@ -630,6 +636,7 @@ class Experiment:
     dataset_rows: np.ndarray = None
     logits: np.ndarray = None
     info: dict = field(default_factory=dict)
+    uncertainty: dict = None
     model: object = None
     #: The temporary folder its activations were streamed to (None: held in memory, or loaded).
     work_folder: str = field(default=None, repr=False, compare=False)
@@ -908,6 +915,15 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         "history": history,
     }
     report("evaluation", 1.0, f"held-out accuracy {metrics['accuracy']:.4f}")
+    uncertainty = None
+    from .uncertainty import has_dropout, mc_dropout
+
+    if has_dropout(model):
+        report("uncertainty", 0.0, f"Monte-Carlo dropout: {MC_PASSES} passes over {len(X)} inputs")
+        mc = mc_dropout(model, X, T=MC_PASSES, seed=config.seed, progress=lambda _s, f, m: report("uncertainty", f, m))
+        uncertainty = {"entropy": mc["entropy"].astype(np.float32),
+                       "mutual_information": mc["mutual_information"].astype(np.float32), "passes": int(mc["passes"])}
+        lap("uncertainty")
 
     from .clustering import cluster_layers
 
@@ -955,6 +971,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         timings=dict(timings),
         dataset_rows=dataset_rows,
         logits=logits,
+        uncertainty=uncertainty,
         info={"source": dataset.source, "model_name": model.name, "n_params": int(model.count_params()),
               "activations": {"held": "on disk" if out else "in memory", "bytes": int(need),
                               "budget_bytes": int(budget), "dtype": config.activations_dtype}},

@@ -29,6 +29,9 @@ __all__ = [
     "sankey",
     "silhouette_curve",
     "image_grid",
+    "explanation_grid",
+    "experiment_explanations",
+    "ATTRIBUTION_COLORS",
     "confusion_matrix",
     "training_curves",
     "layer_umap",
@@ -417,8 +420,8 @@ def image_grid(images, *, ncols=10, titles=None, title_colors=None, title="Image
     band = h // 3 if titles is not None else 0
     z, corners = _mosaic(images.astype(np.float64), ncols, int(gap), band)
     vmax = 255.0 if images.dtype == np.uint8 else float(np.nanmax(z)) or 1.0
-    fig = go.Figure(go.Heatmap(z=z, colorscale="gray", reversescale=True, zmin=0, zmax=vmax, showscale=False,
-                               hoverinfo="skip"))
+    fig = go.Figure(go.Heatmap(z=z.astype(np.float32), colorscale="gray", reversescale=True, zmin=0, zmax=vmax,
+                               showscale=False, hoverinfo="skip"))  # float32: half the bytes of an encoded figure
     if titles is not None:
         fig.update_layout(annotations=[
             dict(x=left + w / 2 - 0.5, y=top - 0.5, text=str(titles[i]), showarrow=False, yanchor="bottom",
@@ -432,6 +435,125 @@ def image_grid(images, *, ncols=10, titles=None, title_colors=None, title="Image
     height = int(width * z.shape[0] / z.shape[1])
     return _layout(fig, title, width=width + 20, height=height + 60, margin=dict(l=10, r=10, t=50, b=10),
                    plot_bgcolor="white")
+
+
+#: Colours of an attribution map laid over its image: blue pulls away from the target, red pushes
+#: towards it; values near 0 are transparent, so the digit shows through.
+ATTRIBUTION_COLORS = [[0.0, "rgba(33,102,172,0.92)"], [0.35, "rgba(103,169,207,0.55)"], [0.5, "rgba(255,255,255,0)"],
+                      [0.65, "rgba(239,138,98,0.55)"], [1.0, "rgba(178,24,43,0.92)"]]
+
+
+def _scaled_map(values, quantile=0.99):
+    """A map scaled to [-1, 1] by its ``quantile`` of absolute values (a few extreme pixels do not wash it out)."""
+    values = np.asarray(values, dtype=np.float64)
+    scale = float(np.quantile(np.abs(values), quantile)) if values.size else 0.0
+    if not np.isfinite(scale) or scale <= 0:
+        return np.zeros_like(values)
+    return np.clip(values / scale, -1.0, 1.0)
+
+
+def explanation_grid(images, maps, *, row_titles=None, title_colors=None, title="Why these inputs", gap=2,
+                     image_alpha=0.35):
+    """Each input beside its attribution maps, the maps laid over a faded copy of the input.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n_inputs, h, w)
+        Grey levels (uint8 0-255, or any range: scaled by the largest value).
+    maps : dict[str, ndarray of shape (n_inputs, h, w)]
+        Column title -> one map per input, in column order. Each map is scaled to [-1, 1] by
+        its 99th percentile of absolute values, so colours compare pixels within a map, not
+        across maps.
+    row_titles : sequence of str, optional
+        A label per input, written above its image.
+    title_colors : sequence of str, optional
+    title : str
+    gap : int
+    image_alpha : float
+        Grey level of the faded input under a map (0: none, 1: as dark as the input).
+
+    Returns
+    -------
+    go.Figure
+        Two ``go.Heatmap`` traces over one mosaic of ``n_inputs`` rows and ``1 + len(maps)``
+        columns: the images (trace 0) and the scaled maps (trace 1, NaN under the first
+        column and the gaps). With no inputs, an empty figure that says so.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"images must have shape (n_inputs, h, w), got {images.shape}")
+    n, h, w = images.shape
+    for key, values in maps.items():
+        if np.shape(values) != images.shape:
+            raise ValueError(f"the {key!r} maps have shape {np.shape(values)}, expected {images.shape} (one per image)")
+    if n == 0:
+        return _empty(title, "No inputs with stored maps", height=240)
+    if row_titles is not None and len(row_titles) != n:
+        raise ValueError(f"row_titles has {len(row_titles)} entries for {n} images")
+    cols = 1 + len(maps)
+    vmax = 255.0 if images.dtype == np.uint8 else float(images.max()) or 1.0
+    grey = images.astype(np.float64) / vmax
+    tiles, overlay = [], []
+    for i in range(n):
+        tiles.append(grey[i])
+        overlay.append(np.full((h, w), np.nan))
+        for values in maps.values():
+            tiles.append(grey[i] * image_alpha)
+            overlay.append(_scaled_map(values[i]))
+    band = h // 3
+    z, corners = _mosaic(np.stack(tiles), cols, int(gap), band)
+    z_map, _ = _mosaic(np.stack(overlay), cols, int(gap), band)
+    fig = go.Figure([
+        go.Heatmap(z=z.astype(np.float32), colorscale="gray", reversescale=True, zmin=0, zmax=1, showscale=False,
+                   hoverinfo="skip"),
+        go.Heatmap(z=z_map.astype(np.float32), colorscale=ATTRIBUTION_COLORS, zmin=-1, zmax=1, showscale=False,
+                   hovertemplate="attribution %{z:.2f}<extra></extra>"),
+    ])
+    notes = []
+    for j, key in enumerate(["input", *maps]):
+        top, left = corners[j]
+        notes.append(dict(x=left + w / 2 - 0.5, y=-0.5 - band, text=f"<b>{key}</b>", showarrow=False, yanchor="bottom",
+                          font=dict(size=10, color="#333")))
+    if row_titles is not None:
+        for i in range(n):
+            top, left = corners[i * cols]
+            notes.append(dict(x=left + w / 2 - 0.5, y=top - 0.5, text=str(row_titles[i]), showarrow=False,
+                              yanchor="bottom",
+                              font=dict(size=10, color=title_colors[i] if title_colors is not None else "#333")))
+    fig.update_layout(annotations=notes)
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
+    tile = 110
+    width = int(tile * z.shape[1] / w)
+    height = int(width * (z.shape[0] + band) / z.shape[1])
+    return _layout(fig, title, width=width + 20, height=height + 90, margin=dict(l=10, r=10, t=80, b=10),
+                   plot_bgcolor="white")
+
+
+def experiment_explanations(exp, explanations, rows, *, row_titles=None, title="Why these inputs", limit=6):
+    """:func:`explanation_grid` of the first ``limit`` of ``rows`` that have stored maps.
+
+    ``explanations`` is :func:`signatures.explanations.load_explanations` of the experiment
+    (None: none stored); ``row_titles`` one label per row of ``rows``. The title says how many
+    of the rows have maps when not all do.
+    """
+    from .explanations import short_title
+
+    rows = [int(r) for r in rows]
+    titles = list(row_titles) if row_titles is not None else [f"#{r}" for r in rows]
+    empty = np.zeros((0, *exp.images.shape[1:]), dtype=np.uint8)
+    if explanations is None:
+        return explanation_grid(empty, {}, title=f"{title}: no attribution maps are stored with this experiment")
+    index = explanations["index"]
+    keep = [(r, t) for r, t in zip(rows, titles) if r in index][:int(limit)]
+    if not keep:
+        return explanation_grid(empty, {}, title=f"{title}: none of these inputs has stored maps")
+    positions = [index[r] for r, _ in keep]
+    maps = {short_title(key): values[positions] for key, values in explanations["maps"].items()}
+    shown = [r for r, _ in keep]
+    colors = ["#d62728" if exp.split[r] == 2 else "#333333" for r in shown]
+    return explanation_grid(exp.images[shown], maps, row_titles=[t for _, t in keep], title_colors=colors,
+                            title=f"{title} ({len(keep)} shown)")
 
 
 def confusion_matrix(cm, labels, *, title="Confusion matrix", normalize=False):

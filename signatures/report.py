@@ -29,7 +29,8 @@ __all__ = ["render_report", "write_report", "FIGURE_KINDS"]
 
 #: The ``data-figure`` values a report uses.
 FIGURE_KINDS = ("confusion", "training", "silhouette", "umap", "sankey", "cluster-images", "neurons",
-                "separation", "cka", "anomaly-auroc", "exit-layers", "crossovers", "detector-roc")
+                "separation", "cka", "anomaly-auroc", "exit-layers", "crossovers", "crossover-maps", "anomaly-maps",
+                "detector-roc")
 
 _CSS = """
 :root { --ink: #222; --muted: #666; --line: #e3e3e3; --accent: #1f77b4; --warn: #d62728; }
@@ -334,7 +335,42 @@ def _separation_table(sep):
                    "CKA with the labels"], rows).replace('class="summary"', 'class="summary separation"', 1)
 
 
-def _questions(exp, page, analysis):
+def _explained(exp, page, analysis, explanations):
+    """The stored attribution maps of the first crossovers and of a few unseen inputs."""
+    names = exp.class_names
+    sig = analysis["signatures"]
+    why = ("Beside each input: the pixels that push the network towards its prediction (class), and those that hold "
+           "it in its cluster at each layer (red) or pull it towards another cluster (blue); integrated gradients "
+           "from a black image, each map scaled to its own largest values.")
+    parts = []
+    cross = sig["crossovers"]
+    if cross["rows"]:
+        titles = [f"{names[exp.labels[r]]} on {names[int(c)]}'s path" for r, c in zip(cross["rows"],
+                                                                                  cross["dominant_class"])]
+        parts.append(page.figure(_fig.experiment_explanations(exp, explanations, cross["rows"], row_titles=titles,
+                                                              title="Why these inputs take another class's path"),
+                                 "crossover-maps", caption=why))
+    unseen = exp.rows("anomaly")
+    if len(unseen):
+        across = sig.get("anomaly_crossovers") or {"rows": [], "dominant_class": []}
+        rows = [int(r) for r in across["rows"]]
+        titles = [f"unseen {names[exp.labels[r]]} on {names[int(c)]}'s path" for r, c in zip(rows,
+                                                                                       across["dominant_class"])]
+        if explanations is not None:  # then the other unseen inputs with maps, one class after another
+            index = explanations["index"]
+            focus = set(analysis.get("anomaly", {}).get("unseen_set") or exp.anomalies or exp.unseen)
+            more = [int(r) for r in explanations["rows"] if exp.split[r] == 2 and int(r) not in set(rows)
+                    and int(exp.labels[r]) in focus]
+            rows += more
+            titles += [f"unseen {names[exp.labels[r]]}, predicted {names[exp.predicted[r]]}" for r in more]
+            rows, titles = [r for r in rows if r in index], [t for r, t in zip(rows, titles) if r in index]
+        parts.append(page.figure(_fig.experiment_explanations(exp, explanations, rows, row_titles=titles,
+                                                              title="Why unseen inputs take the paths they take"),
+                                 "anomaly-maps", caption=why))
+    return parts
+
+
+def _questions(exp, page, analysis, explanations=None):
     names = exp.class_names
     parts = ['<h2 id="questions">The three questions</h2>', "<h3>1. Which neurons fire for which class</h3>"]
     for layer in exp.layers:
@@ -370,6 +406,7 @@ def _questions(exp, page, analysis):
                                  "crossovers", caption=f"{len(sig['crossovers']['rows'])} in all; up to 30 shown."))
     else:
         parts.append(page.figure(None, "crossovers", note="No input takes another class's dominant path."))
+    parts.extend(_explained(exp, page, analysis, explanations))
     if sig.get("stability"):
         parts.append(_table(["layer", "K", "ARI across k-means seeds (mean / min)", "ARI across bootstraps (mean / min)"],
                             [[layer, s["k"], f"{s['seed_ari_mean']:.3f} / {s['seed_ari_min']:.3f}",
@@ -463,10 +500,26 @@ def detector_table_html(detectors, class_names):
     counts = ", ".join(f"{_e(class_names[int(c)])}: {n}" for c, n in detectors["n_unseen"].items())
     return (f"<table class='sig-detectors'><caption>Unseen {unseen} ({counts}) against {detectors['n_heldout']} "
             "held-out inputs of the trained classes; the best of each column in bold.</caption>"
-            f"{head}{''.join(rows)}</table>")
+            f"{head}{''.join(rows)}</table>" + _uncertainty_note(detectors))
 
 
-def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12, analysis=None):
+def _uncertainty_note(detectors):
+    """Monte-Carlo dropout's rank correlations with path rarity and the signature score, under the table."""
+    mc = detectors.get("uncertainty")
+    if not mc:
+        return ""
+
+    def r(value):
+        return "n/a" if value is None else f"{round(value, 2) + 0.0:+.2f}"
+
+    sp = mc["spearman"]
+    return (f"<p class='caption'>Monte-Carlo dropout, {int(mc['passes'])} passes, on the same inputs: Spearman "
+            f"correlation of the mutual information with path rarity {r(sp['mc_mi']['path_rarity'])} and with the "
+            f"signature score {r(sp['mc_mi']['signature'])}; of the predictive entropy "
+            f"{r(sp['mc_entropy']['path_rarity'])} and {r(sp['mc_entropy']['signature'])}.</p>")
+
+
+def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12, analysis=None, explanations=None):
     """The HTML report of an experiment, as a string.
 
     Parameters
@@ -504,7 +557,7 @@ def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12, a
         _accuracy(exp, page),
         _layers(exp, page),
         _paths(exp, page, int(max_paths), separating=analysis["separation"]["first_layer"]),
-        _questions(exp, page, analysis),
+        _questions(exp, page, analysis, explanations),
         _clusters(exp, page, int(max_clusters), int(images_per_cluster)),
     ])
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in exp.timings.items())
@@ -529,7 +582,8 @@ def render_report(exp, *, max_clusters=4, images_per_cluster=20, max_paths=12, a
 """
 
 
-def write_report(exp, path, *, max_clusters=4, images_per_cluster=20, max_paths=12, analysis=None):
+def write_report(exp, path, *, max_clusters=4, images_per_cluster=20, max_paths=12, analysis=None,
+                 explanations=None):
     """Write the report of ``exp`` to ``path``, atomically.
 
     Parameters
@@ -549,8 +603,12 @@ def write_report(exp, path, *, max_clusters=4, images_per_cluster=20, max_paths=
     path = Path(path)
     if path.is_dir():
         path = path / "report.html"
+    if explanations is None and (path.parent / "manifest.json").is_file():  # the experiment's own folder
+        from .explanations import load_explanations
+
+        explanations = load_explanations(path.parent, n_rows=exp.n_rows, image_shape=exp.images.shape[1:])
     text = render_report(exp, max_clusters=max_clusters, images_per_cluster=images_per_cluster,
-                         max_paths=max_paths, analysis=analysis)
+                         max_paths=max_paths, analysis=analysis, explanations=explanations)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file_atomic(path, text)
     return path

@@ -81,7 +81,7 @@ MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 MODEL = "model.keras"
 #: Files a complete experiment folder may hold besides those its manifest lists.
-EXTRA_FILES = ("report.html", "analysis.json", "plots.zip")
+EXTRA_FILES = ("report.html", "analysis.json", "plots.zip", "explanations.npz")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
@@ -307,6 +307,9 @@ def _arrays(exp):
         out["dataset_rows"] = exp.dataset_rows
     if getattr(exp, "logits", None) is not None:
         out["logits"] = exp.logits
+    if getattr(exp, "uncertainty", None) is not None:
+        out["mc/entropy"] = exp.uncertainty["entropy"]
+        out["mc/mutual_information"] = exp.uncertainty["mutual_information"]
     for name in exp.layers:
         out[f"centers/{name}"] = exp.clusterers[name].centers_
         out[f"emb/{name}"] = exp.embeddings[name]
@@ -329,6 +332,8 @@ def _manifest(exp):
         "metrics": exp.metrics,
         "timings": exp.timings,
         "info": exp.info,
+        **({"mc_dropout": {"passes": int(exp.uncertainty["passes"])}}
+           if getattr(exp, "uncertainty", None) is not None else {}),
         "clustering": {name: est.to_dict() for name, est in exp.clusterers.items()},
         "activations": {name: activation_file(j) for j, name in enumerate(exp.layers)},
     }
@@ -681,6 +686,10 @@ def _check_arrays(arrays, manifest, file):
     if arrays["probs"].ndim != 2 or arrays["probs"].shape[1] != len(manifest["classes"]):
         raise ValueError(f"{file}: 'probs' has shape {arrays['probs'].shape}, expected ({n}, "
                          f"{len(manifest['classes'])})")
+    for key in ("mc/entropy", "mc/mutual_information"):
+        if key in arrays and arrays[key].shape != (n,):
+            raise ValueError(f"{file}: '{key}' has shape {arrays[key].shape}, expected ({n},): the experiment is "
+                             "damaged")
     if "logits" in arrays and arrays["logits"].shape != arrays["probs"].shape:
         raise ValueError(f"{file}: 'logits' has shape {arrays['logits'].shape}, expected that of 'probs' "
                          f"{arrays['probs'].shape}")
@@ -743,6 +752,9 @@ def load_experiment(path):
         dataset_rows=arrays.get("dataset_rows"),
         logits=arrays.get("logits"),
         info=manifest.get("info", {}),
+        uncertainty=({"entropy": arrays["mc/entropy"], "mutual_information": arrays["mc/mutual_information"],
+                      "passes": int(manifest.get("mc_dropout", {}).get("passes", 0))}
+                     if "mc/entropy" in arrays and "mc/mutual_information" in arrays else None),
     )
 
 

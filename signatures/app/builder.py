@@ -36,12 +36,12 @@ SCHEDULER_ENV = "SIGNATURES_SCHEDULER"
 #: The stages a job reports, in order, with the share of the progress bar each one ends at.
 STAGES = (
     ("started", 0.02), ("loading", 0.07), ("startup", 0.10), ("training", 0.45), ("extraction", 0.50),
-    ("evaluation", 0.52), ("clustering", 0.65), ("projection", 0.90), ("saving", 0.93), ("analysis", 0.99),
+    ("evaluation", 0.52), ("clustering", 0.65), ("projection", 0.90), ("saving", 0.92), ("explanation", 0.96), ("analysis", 0.99),
     ("done", 1.0),
 )
 
 #: Stages a job reports only once its experiment is stored (see :func:`signatures.app.jobs.run_job`).
-SAVED_STAGES = ("analysis", "done")
+SAVED_STAGES = ("explanation", "analysis", "done")
 
 #: What to do after a failed run.
 _TODO_FAILED = ("Nothing was saved to the store. Change the values above (fewer images or smaller layers "

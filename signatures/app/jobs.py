@@ -101,8 +101,9 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
     ``stage``, ``fraction``, ``message`` and ``time``. A set cancel event (``job_id + "-cancel"``)
     stops the job at its next progress step with :class:`JobCancelled`; nothing is stored.
     Once the experiment is saved the job no longer stops: it finishes its analysis and
-    report, so a stored experiment is always whole. The first ``"analysis"`` event says the
-    experiment is stored: a page may show it then, and its findings when the job ends. ``words`` names the fields in messages
+    report, so a stored experiment is always whole. The first ``"explanation"`` or ``"analysis"``
+    event says the experiment is stored: a page may show it then, and its findings (and maps)
+    when the job ends. ``words`` names the fields in messages
     as the submitting page does (see :meth:`ExperimentConfig.problems`).
     """
     from distributed import Event, get_worker
@@ -146,6 +147,9 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
             save_experiment(exp, path, overwrite=overwrite)
         finally:
             exp.release_work_folder()
+        from ..explanations import explain_stored
+
+        explain_stored(exp, path, progress=say)
         say("analysis", 0.0, "answering the three questions")
         analysis = load_or_analyze(exp, path)
         write_report(exp, path / "report.html", analysis=analysis)

@@ -52,7 +52,7 @@ class LayersApp:
         self.retrain_progress = W.FloatProgress(min=0, max=1, layout=W.Layout(width="300px"))
         self.retrain_result = W.HTML()
         self.boxes = {v: PlotBox(renderer, lazy=True) for v in (
-            "separation", "cka", "heatmap", "images", "auroc", "exits", "crossovers", "roc")}
+            "separation", "cka", "heatmap", "images", "auroc", "exits", "crossovers", "crossover-maps", "roc")}
         self.detector_table = W.HTML()
         self.signature_table = W.HTML()
         self.separation_reason = W.HTML()
@@ -67,6 +67,9 @@ class LayersApp:
             W.HBox([W.Box([b["heatmap"]], layout=W.Layout(width="50%")),
                     W.VBox([self.signature_table, b["images"]], layout=W.Layout(width="50%"))]),
             W.HTML("<h3>Does each class leave a characteristic signature</h3>"), b["crossovers"],
+            W.HTML("<p>Why a crossover takes another class's path: beside each input, the pixels that push the "
+                   "network to its prediction, and those that hold it in its cluster at each layer (red) or pull "
+                   "it towards another (blue).</p>"), b["crossover-maps"],
             W.HTML("<h3>Unseen inputs, calibrated</h3>"),
             W.HBox([W.Box([b["auroc"]], layout=W.Layout(width="50%")),
                     W.Box([b["exits"]], layout=W.Layout(width="50%"))]),
@@ -156,6 +159,7 @@ class LayersApp:
         self.separation_reason.value = f"<p>{html.escape(sep['reason'])}</p>"
         for view in ("separation", "cka", "crossovers"):
             self.boxes[view].show(self._plot(("layers", view)))
+        self.boxes["crossover-maps"].show(crossover_explanations(exp, a, folder))
         an = a.get("anomaly")
         if an and an.get("auroc"):
             self.boxes["auroc"].show(self._plot(("layers", "auroc")))
@@ -339,6 +343,27 @@ def layers_plots(exp, analysis):
         if _subject_neurons(exp, analysis, layer, choice)[0]:
             keys.append(("layers", "images", layer, choice))
     return {key: Plot(_layers_figure(exp, analysis, key)) for key in keys}
+
+
+def crossover_explanations(exp, analysis, folder, *, limit=6):
+    """The stored maps of the first crossovers (and, without any, of unseen inputs on a trained class's path)."""
+    from ..explanations import load_explanations
+
+    found = load_explanations(folder, n_rows=exp.n_rows, image_shape=exp.images.shape[1:])
+    names = exp.class_names
+    sig = analysis["signatures"]
+    cross = sig["crossovers"]
+    if cross["rows"]:
+        titles = [f"{names[exp.labels[r]]} on {names[int(c)]}'s path" for r, c in zip(cross["rows"],
+                                                                                  cross["dominant_class"])]
+        return F.experiment_explanations(exp, found, cross["rows"], row_titles=titles, limit=limit,
+                                         title="Why these inputs take another class's path")
+    across = sig.get("anomaly_crossovers") or {"rows": [], "dominant_class": []}
+    titles = [f"unseen {names[exp.labels[r]]} on {names[int(c)]}'s path" for r, c in zip(across["rows"],
+                                                                                      across["dominant_class"])]
+    return F.experiment_explanations(exp, found, across["rows"], row_titles=titles, limit=limit,
+                                     title="No input takes another class's path; unseen inputs on a trained "
+                                           "class's path")
 
 
 def _crossover_grid(exp, analysis, *, limit=30):

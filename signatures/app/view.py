@@ -34,7 +34,7 @@ __all__ = ["ExperimentView", "PLOTS_FILE", "PLOTS_VERSION", "read_plots", "write
 #: The file of an experiment folder holding its pages' figures (see signatures.store.EXTRA_FILES).
 PLOTS_FILE = "plots.zip"
 #: Raised whenever what is stored, or how a figure is built, changes: older files are then rebuilt.
-PLOTS_VERSION = 2
+PLOTS_VERSION = 3
 _INDEX = "index.json"
 _FORMAT = "signatures-plots"
 
@@ -313,7 +313,7 @@ class ExperimentView:
     """
 
     IMAGES = 40
-    VIEWS = ("confusion", "training", "sankey", "umap", "silhouette", "images")
+    VIEWS = ("confusion", "training", "sankey", "umap", "silhouette", "images", "explain")
 
     def __init__(self, exp, *, anomalies=None, analysis=None, renderer=None, folder=None):
         self.exp = exp
@@ -324,6 +324,8 @@ class ExperimentView:
         self._plots = {}
         self._widget = None
         self._warm_lock = threading.RLock()  # write_plots(view=self) warms again inside warm
+        self._explanations = None  # loaded from the folder on first use (see :attr:`explanations`)
+        self._updating = False
         unseen = exp.unseen
         self._start = tuple(a for a in (exp.anomalies if anomalies is None else anomalies) if a in unseen)
         self.stored, self.stored_why = 0, "no folder given"
@@ -362,6 +364,8 @@ class ExperimentView:
         color_by = color_by or s_color
         inserted = s_inserted if inserted is None else tuple(inserted)
         selection = s_selection if selection is None else selection
+        if view == "explain":
+            return ("explain", self._explained_row())
         return {
             "confusion": ("confusion",),
             "training": ("training",),
@@ -391,7 +395,73 @@ class ExperimentView:
             return F.layer_umap(exp, key[1], color_by=key[2], rows=self._rows(key[3]))
         if kind == "silhouette":
             return F.k_choice_curve(exp.clusterers[key[1]], key[1])
+        if kind == "explain":
+            return self._explain_figure(key[1])
         return self._images(key[1], self._rows(key[2]))
+
+    # ------------------------------------------------------------------ why this path (stored maps)
+
+    @property
+    def explanations(self):
+        """The attribution maps stored with the experiment (:func:`signatures.explanations.load_explanations`),
+        or None (none stored, or no folder)."""
+        if self._explanations is None:
+            from ..explanations import load_explanations
+
+            found = None if self.folder is None else load_explanations(
+                self.folder, n_rows=self.exp.n_rows, image_shape=self.exp.images.shape[1:])
+            self._explanations = found if found is not None else False
+        return self._explanations or None
+
+    def explain_options(self, choice=None, inserted=None):
+        """(label, row) pairs of the inputs of the grid of ``choice`` that have stored maps."""
+        exp, found = self.exp, self.explanations
+        _, _, s_inserted, s_selection = self._state()
+        choice = s_selection if choice is None else choice
+        inserted = s_inserted if inserted is None else tuple(inserted)
+        if found is None or choice is None:
+            return []
+        shown, _, _ = self._grid_rows(choice, self._rows(inserted))
+        names, split_words = exp.class_names, {0: "training", 1: "held-out", 2: "unseen"}
+        return [(f"#{r} · {names[exp.labels[r]]} ({split_words[int(exp.split[r])]}), predicted "
+                 f"{names[exp.predicted[r]]}", int(r)) for r in shown if int(r) in found["index"]]
+
+    def _explained_row(self):
+        if self._widget is None:
+            options = self.explain_options()
+            return options[0][1] if options else None
+        return self.explain.value
+
+    def explanation_text(self, row):
+        """One line about input ``row``: its class, prediction, path and, with dropout, how sure the network is."""
+        exp = self.exp
+        names = exp.class_names
+        j = exp.classes.index(int(exp.predicted[row]))
+        path = path_label(list(exp.paths[row]) + [int(exp.predicted[row])], exp.layers, class_names=names)
+        text = (f"Input #{row}: a {names[exp.labels[row]]}, predicted {names[exp.predicted[row]]} "
+                f"(probability {exp.probs[row, j]:.2f}), path {path}.")
+        mc = getattr(exp, "uncertainty", None)
+        if mc is not None:
+            text += (f" Monte-Carlo dropout ({mc['passes']} passes): predictive entropy "
+                     f"{float(mc['entropy'][row]):.3f} nats, mutual information {float(mc['mutual_information'][row]):.3f}.")
+        return text
+
+    def _explain_figure(self, row):
+        from ..explanations import short_title
+
+        exp, found = self.exp, self.explanations
+        empty = np.zeros((0, *exp.images.shape[1:]), dtype=np.uint8)
+        if found is None:
+            return F.explanation_grid(empty, {}, title="No attribution maps are stored with this experiment "
+                                                       "(run it again to compute them)")
+        if row is None or int(row) not in found["index"]:
+            return F.explanation_grid(empty, {}, title="Choose an input of the grid above to see why it takes its path")
+        i = found["index"][int(row)]
+        maps = {short_title(key): values[i:i + 1] for key, values in found["maps"].items()}
+        names = exp.class_names
+        return F.explanation_grid(exp.images[[row]], maps, row_titles=[f"#{row} {names[exp.labels[row]]}"],
+                                  title=f"Why input #{row} takes its path: red pixels push it towards the class "
+                                        "or cluster, blue ones away")
 
     def selection_options(self, inserted=None):
         """(label, value) pairs: each layer's clusters, then the most common paths."""
@@ -410,10 +480,13 @@ class ExperimentView:
             return options
         return self._cached(("options", inserted), build)
 
-    def _images(self, choice, rows):
+    def _grid_rows(self, choice, rows):
+        """The rows a grid of ``choice`` shows (the first :attr:`IMAGES` members in
+        :func:`~signatures.explanations.row_priority` order, so that those with stored maps come
+        first), its members and its title."""
+        from ..explanations import row_priority
+
         exp = self.exp
-        if choice is None:
-            return F.image_grid(np.zeros((0, *exp.images.shape[1:]), dtype=np.uint8), title="No selection")
         if choice[0] == "cluster":
             members = np.intersect1d(exp.cluster_members(choice[1], choice[2]), rows)
             title = f"{choice[1]} cluster c{choice[2]}"
@@ -422,7 +495,15 @@ class ExperimentView:
             title = "path " + path_label(choice[1], exp.layers, class_names=exp.class_names)
         shown = members
         if len(members) > self.IMAGES:
-            shown = np.sort(np.random.default_rng(0).choice(members, self.IMAGES, replace=False))
+            priority = self._cached(("priority",), lambda: row_priority(exp.n_rows, exp.config.seed))
+            shown = np.sort(members[np.argsort(priority[members], kind="stable")[:self.IMAGES]])
+        return shown, members, title
+
+    def _images(self, choice, rows):
+        exp = self.exp
+        if choice is None:
+            return F.image_grid(np.zeros((0, *exp.images.shape[1:]), dtype=np.uint8), title="No selection")
+        shown, members, title = self._grid_rows(choice, rows)
         anomaly = exp.split[shown] == 2
         titles = [exp.class_names[t] for t in exp.labels[shown]]
         colors = ["#d62728" if a else "#333333" for a in anomaly]
@@ -498,6 +579,11 @@ class ExperimentView:
         options = self.selection_options(self._start)
         self.selection = W.Dropdown(options=options, value=options[0][1] if options else None,
                                     description="Show", layout=W.Layout(width="640px"))
+        explained = self.explain_options(options[0][1] if options else None, self._start)
+        self.explain = W.Dropdown(options=explained or [("no input of this grid has stored maps", None)],
+                                  value=explained[0][1] if explained else None, description="Explain",
+                                  layout=W.Layout(width="640px"))
+        self.explain_note = W.HTML()
         self.boxes = {view: PlotBox(self.renderer, lazy=True) for view in self.VIEWS}
         self.message = W.HTML()
         c = exp.config
@@ -527,13 +613,21 @@ class ExperimentView:
             W.HTML("<h3>Inputs behind a cluster or path</h3>"),
             self.selection,
             b["images"],
+            W.HTML("<h3>Why this path</h3><p>Choose one of the inputs above: beside it, which pixels push the "
+                   "network towards the class it predicts, and which hold the input in its cluster at each layer "
+                   "(red) or pull it towards another cluster (blue).</p>"),
+            self.explain,
+            self.explain_note,
+            b["explain"],
         ], layout=W.Layout(width="100%"))
         for view in self.VIEWS:
             self._show(view)
         self.layer.observe(lambda _: self._shown_or_error(self._show, "umap", "silhouette"), "value")
         self.color_by.observe(lambda _: self._shown_or_error(self._show, "umap"), "value")
         self.inserted.observe(lambda _: self._shown_or_error(self._on_inserted), "value")
-        self.selection.observe(lambda _: self._shown_or_error(self._show, "images"), "value")
+        self.selection.observe(lambda _: self._shown_or_error(self._on_selection), "value")
+        self.explain.observe(lambda _: None if self._updating else self._shown_or_error(self._show_explain), "value")
+        self._show_explain()
 
     def _shown_or_error(self, action, *args):
         """A control's callback: run ``action``; a failure is shown in :attr:`message`, the page stays usable."""
@@ -550,6 +644,25 @@ class ExperimentView:
         for view in views:
             self.boxes[view].show(self.plot(view))
 
+    def _on_selection(self):
+        self._show("images")
+        self._update_explain()
+
+    def _update_explain(self):
+        """The grid changed: offer its inputs that have maps."""
+        options = self.explain_options()
+        self._updating = True
+        try:  # a new list of options selects its first one
+            self.explain.options = options or [("no input of this grid has stored maps", None)]
+        finally:
+            self._updating = False
+        self._show_explain()
+
+    def _show_explain(self):
+        row = self.explain.value
+        self.explain_note.value = "" if row is None else f"<p>{html.escape(self.explanation_text(row))}</p>"
+        self._show("explain")
+
     def _on_inserted(self):
         options = self.selection_options()
         previous = self.selection.value
@@ -558,6 +671,7 @@ class ExperimentView:
             self.selection.options = options
             self.selection.value = previous if previous in values else (values[0] if values else None)
         self._show("sankey", "umap", "images")
+        self._update_explain()
 
     def shown(self, view):
         """The figure now shown for ``view`` (one of :attr:`VIEWS`), as a ``go.Figure``."""
