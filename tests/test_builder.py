@@ -265,11 +265,16 @@ def test_a_stored_run_is_shown_at_once_and_its_findings_follow_when_the_job_ends
     assert app.results.children == (app.view.widget,) and app.scroll.count == 1
     assert app.view.analysis is None and app.view._findings.value == ""
     assert "findings follow" in text(app.queue) and app.error.value == ""
+    assert [v for _, v in app.view.explain.options] == [None], "no maps stored yet"
+    from signatures.explanations import explain_stored
+
+    explain_stored(small_experiment, tmp_path / "small")  # the job stores its maps before its findings
     job.future.ended = True
     watcher.join(120)
     assert not watcher.is_alive() and app.error.value == ""
     assert app.view.analysis is not None and app.view.analysis["findings"]
     assert "<li" in app.view._findings.value  # the findings are now under the title
+    assert app.view.explain.value is not None, "the maps stored meanwhile are offered with the findings"
     assert app.scroll.count == 1 and app.queue.value == ""  # scrolled once, not twice
     assert "saved as 'small'" in text(app.status) and app._shown == job.id
 

@@ -624,7 +624,7 @@ class BuilderApp:
 
         exp = load_experiment(folder)
         analysis = _read_analysis(exp, folder) if analysis else None
-        view = ExperimentView(exp, analysis=analysis, renderer=self.renderer)
+        view = ExperimentView(exp, analysis=analysis, renderer=self.renderer, maps_folder=folder)
         view.widget  # noqa: B018  (builds every figure here, in this thread)
         self.results.children = (view.widget,)
         self.experiment, self.view = exp, view

@@ -300,6 +300,9 @@ class ExperimentView:
     folder : str or Path, optional
         The experiment's folder: its figures are read from ``plots.zip`` there (see
         :func:`read_plots`), and :meth:`warm` rewrites that file when it could not be used.
+    maps_folder : str or Path, optional
+        Where its attribution maps are read from (``explanations.npz``); default ``folder``. The
+        Builder gives only this one: the job is still writing the folder's other files.
 
     Attributes
     ----------
@@ -315,8 +318,10 @@ class ExperimentView:
     IMAGES = 40
     VIEWS = ("confusion", "training", "sankey", "umap", "silhouette", "images", "explain")
 
-    def __init__(self, exp, *, anomalies=None, analysis=None, renderer=None, folder=None):
+    def __init__(self, exp, *, anomalies=None, analysis=None, renderer=None, folder=None, maps_folder=None):
         self.exp = exp
+        self.maps_folder = Path(maps_folder if maps_folder is not None else folder) if (
+            maps_folder is not None or folder is not None) else None
         self.analysis = analysis
         self.renderer = renderer
         self.folder = None if folder is None else Path(folder)
@@ -345,8 +350,10 @@ class ExperimentView:
     def show_findings(self, analysis):
         """Show ``analysis``'s findings under the title (the Builder shows a run before they exist)."""
         self.analysis = analysis
+        self._explanations = None  # the job stores its maps before its findings: look again
         if self._widget is not None:
             self._findings.value = _findings_html(analysis) if analysis else ""
+            self._update_explain()
 
     def _cached(self, key, build):
         if key not in self._figures:
@@ -408,8 +415,8 @@ class ExperimentView:
         if self._explanations is None:
             from ..explanations import load_explanations
 
-            found = None if self.folder is None else load_explanations(
-                self.folder, n_rows=self.exp.n_rows, image_shape=self.exp.images.shape[1:])
+            found = None if self.maps_folder is None else load_explanations(
+                self.maps_folder, n_rows=self.exp.n_rows, image_shape=self.exp.images.shape[1:])
             self._explanations = found if found is not None else False
         return self._explanations or None
 
@@ -652,8 +659,9 @@ class ExperimentView:
         """The grid changed: offer its inputs that have maps."""
         options = self.explain_options()
         self._updating = True
-        try:  # a new list of options selects its first one
+        try:
             self.explain.options = options or [("no input of this grid has stored maps", None)]
+            self.explain.value = options[0][1] if options else None  # the index may stay 0: set the value
         finally:
             self._updating = False
         self._show_explain()
