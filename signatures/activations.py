@@ -168,6 +168,15 @@ def _flat_graph(model):
                 for layer in model.layers
                 if not isinstance(layer, keras.layers.InputLayer)
             ]
+            # A model loaded from a .keras file may keep layers whose input and output are not
+            # linked into one graph: then its layers are traced again, as a nested model's are.
+            known = set(_tensor_ids(model.inputs))
+            for call in calls:
+                if not set(call.inputs) <= known:
+                    raise ValueError("layers not chained")
+                known.update(_tensor_ids(call.output))
+            if id(model.outputs[0]) not in known:
+                raise ValueError("output not reached")
             return list(model.inputs), calls, model.outputs[0]
         except (AttributeError, ValueError):
             pass  # a layer without a node in this graph: trace the model again

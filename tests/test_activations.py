@@ -191,3 +191,23 @@ def test_sequential_built_by_a_call_without_input():
     model.layers[0].set_weights([W1, B1])
     hidden, _ = extract(model, X)
     np.testing.assert_allclose(next(iter(hidden.values())), expected()[0], rtol=1e-6, atol=1e-6)
+
+
+def test_a_model_loaded_from_a_keras_file_has_the_same_hidden_layers_and_logits(tmp_path):
+    """A Sequential read back from .keras need not link its layers into one graph; it is traced again."""
+    import keras
+
+    from signatures.activations import default_hidden_layers, extract
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"),
+                              keras.layers.Activation("relu", name="act"),
+                              keras.layers.Dense(2, activation="softmax", name="out")])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert default_hidden_layers(loaded) == default_hidden_layers(model) == ["act"]
+    X = np.random.default_rng(0).random((5, 4)).astype("float32")
+    (h1, p1, z1), (h2, p2, z2) = extract(model, X, logits=True), extract(loaded, X, logits=True)
+    assert z2 is not None and np.allclose(z1, z2) and np.allclose(h1["act"], h2["act"])
+    d, out = model.get_layer("d"), model.get_layer("out")
+    want = np.maximum(X @ d.kernel.numpy() + d.bias.numpy(), 0) @ out.kernel.numpy() + out.bias.numpy()
+    assert np.allclose(z2, want, atol=1e-5), "the logits are the output layer's pre-activation"
