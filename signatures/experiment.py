@@ -802,7 +802,20 @@ def _activations_folder(workdir, name):
     return folder
 
 
-def run_experiment(config, *, progress=None, model=None, dataset=None, words=None, workdir=None):
+def _extract_on_cluster(client, model, X, out, layers, config, report):
+    """:func:`signatures.outofcore.extract_on_cluster` of ``model``, saved beside the activation files."""
+    from pathlib import Path
+
+    from . import models as _models
+    from .outofcore import extract_on_cluster
+
+    model_file = Path(out) / ".model.keras"  # the workers load it: on the store they all reach
+    _models.save_model(model, model_file)
+    return extract_on_cluster(client, str(model_file), X, out, layers=layers, reduce=config.reduce, logits=True,
+                              dtype=config.activations_dtype, progress=report)
+
+
+def run_experiment(config, *, progress=None, model=None, dataset=None, words=None, workdir=None, client=None):
     """Carry out an experiment from start to end.
 
     Parameters
@@ -822,6 +835,12 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         Where activations over ``config.memory_budget`` are streamed (a temporary folder made
         there): give the store the experiment will be saved in, so that saving links the
         files. Default: the system's temporary folder.
+    client : distributed.Client, or a callable giving a context manager that yields one, optional
+        A Dask cluster for activations over the memory budget: the forward pass and the k-means
+        of every layer then run as tasks on its workers (:mod:`signatures.outofcore`), over files
+        in ``workdir``, which every worker must reach (the same machine, or a shared file
+        system). A job on a worker passes ``distributed.worker_client``. Unused when the
+        activations fit the budget.
 
     Returns
     -------
@@ -898,51 +917,74 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
     out = _activations_folder(workdir, config.name) if need > budget else None
     held = (f"on disk, memory-mapped ({need / 2**20:,.0f} MiB over the {budget / 2**20:,.0f} MiB budget)"
             if out else f"in memory ({need / 2**20:,.0f} MiB)")
-    report("extraction", 0.0, f"one forward pass over {len(X)} inputs; activations {held}")
-    hidden, probs, logits = extract(model, X, reduce=config.reduce, progress=report, logits=True,
-                                    extractor=extractor, out=out, dtype=config.activations_dtype)
-    lap("extraction")
+    import contextlib
 
-    test = split == SPLITS["test"]
-    classes = np.asarray(subset.classes)
-    predicted = classes[np.argmax(probs, axis=1)]
-    from sklearn.metrics import confusion_matrix
+    with contextlib.ExitStack() as stack:
+        dask_client = None
+        if out is not None and client is not None:  # too large for this process: the cluster's workers do it
+            dask_client = stack.enter_context(client() if callable(client) and not hasattr(client, "submit")
+                                              else contextlib.nullcontext(client))
+            held += ", by the Dask cluster's workers"
+        report("extraction", 0.0, f"one forward pass over {len(X)} inputs; activations {held}")
+        if dask_client is None:
+            hidden, probs, logits = extract(model, X, reduce=config.reduce, progress=report, logits=True,
+                                            extractor=extractor, out=out, dtype=config.activations_dtype)
+        else:
+            hidden, probs, logits = _extract_on_cluster(dask_client, model, X, out, extractor[1], config, report)
+        lap("extraction")
 
-    metrics = {
-        "accuracy": float(np.mean(predicted[test] == labels[test])),
-        "confusion": confusion_matrix(labels[test], predicted[test], labels=classes).tolist(),
-        "train_accuracy": float(np.mean(predicted[split == 0] == labels[split == 0])),
-        "history": history,
-    }
-    report("evaluation", 1.0, f"held-out accuracy {metrics['accuracy']:.4f}")
-    uncertainty = None
-    from .uncertainty import has_dropout, mc_dropout
+        test = split == SPLITS["test"]
+        classes = np.asarray(subset.classes)
+        predicted = classes[np.argmax(probs, axis=1)]
+        from sklearn.metrics import confusion_matrix
 
-    if has_dropout(model):
-        report("uncertainty", 0.0, f"Monte-Carlo dropout: {MC_PASSES} passes over {len(X)} inputs")
-        mc = mc_dropout(model, X, T=MC_PASSES, seed=config.seed, progress=lambda _s, f, m: report("uncertainty", f, m))
-        uncertainty = {"entropy": mc["entropy"].astype(np.float32),
-                       "mutual_information": mc["mutual_information"].astype(np.float32), "passes": int(mc["passes"])}
-        lap("uncertainty")
+        metrics = {
+            "accuracy": float(np.mean(predicted[test] == labels[test])),
+            "confusion": confusion_matrix(labels[test], predicted[test], labels=classes).tolist(),
+            "train_accuracy": float(np.mean(predicted[split == 0] == labels[split == 0])),
+            "history": history,
+        }
+        report("evaluation", 1.0, f"held-out accuracy {metrics['accuracy']:.4f}")
+        uncertainty = None
+        from .uncertainty import has_dropout, mc_dropout
 
-    from .clustering import cluster_layers
+        if has_dropout(model):
+            report("uncertainty", 0.0, f"Monte-Carlo dropout: {MC_PASSES} passes over {len(X)} inputs")
+            mc = mc_dropout(model, X, T=MC_PASSES, seed=config.seed,
+                            progress=lambda _s, f, m: report("uncertainty", f, m))
+            uncertainty = {"entropy": mc["entropy"].astype(np.float32),
+                           "mutual_information": mc["mutual_information"].astype(np.float32),
+                           "passes": int(mc["passes"])}
+            lap("uncertainty")
 
-    train = split == SPLITS["train"]
-    n_train = len(subset.y_train)  # the training rows come first: slices, never copies of the activations
-    # "classes": at least as many clusters as trained classes; "faithfulness": clusters that predict the output.
-    y_k = {"classes": labels[train], "faithfulness": predicted[train]}.get(config.k_criterion)
-    clusterers = cluster_layers(
-        OrderedDict((name, values[:n_train]) for name, values in hidden.items()),
-        k_range=config.k_range, sample_size=config.sample_size, random_state=config.seed, progress=report,
-        criterion=config.k_criterion, k=config.k_fixed, y=y_k,
-    )
-    paths = np.empty((len(X), len(hidden)), dtype=np.int64)
-    paths[:n_train] = _paths.paths_from_labels(OrderedDict((n, est.labels_) for n, est in clusterers.items()))
-    if len(X) > n_train:
-        paths[n_train:] = _paths.assign_paths(
-            clusterers, OrderedDict((n, v[n_train:]) for n, v in hidden.items())
-        )
-    lap("clustering")
+        train = split == SPLITS["train"]
+        n_train = len(subset.y_train)  # the training rows come first: slices, never copies of the activations
+        # "classes": at least as many clusters as trained classes; "faithfulness": clusters that predict the output.
+        y_k = {"classes": labels[train], "faithfulness": predicted[train]}.get(config.k_criterion)
+        options = dict(k_range=config.k_range, sample_size=config.sample_size, random_state=config.seed,
+                       progress=report, criterion=config.k_criterion, k=config.k_fixed, y=y_k)
+        if dask_client is None:
+            from .clustering import cluster_layers
+
+            clusterers = cluster_layers(OrderedDict((name, values[:n_train]) for name, values in hidden.items()),
+                                        **options)
+        else:
+            from . import outofcore
+
+            arrays = outofcore.activation_arrays(out, list(hidden))
+            clusterers = outofcore.cluster_layers(OrderedDict((n, a[:n_train]) for n, a in arrays.items()),
+                                                  client=dask_client, **options)
+        paths = np.empty((len(X), len(hidden)), dtype=np.int64)
+        paths[:n_train] = _paths.paths_from_labels(OrderedDict((n, est.labels_) for n, est in clusterers.items()))
+        if len(X) > n_train and dask_client is None:
+            paths[n_train:] = _paths.assign_paths(
+                clusterers, OrderedDict((n, v[n_train:]) for n, v in hidden.items())
+            )
+        elif len(X) > n_train:
+            for j, (name, est) in enumerate(clusterers.items()):
+                paths[n_train:, j] = dask_client.compute(
+                    outofcore.nearest_center(arrays[name][n_train:], est.centers_)).result()
+        lap("clustering")
 
     fit_rows, transform_rows = choose_rows(
         labels, split != SPLITS["anomaly"], max_points=config.umap_points, random_state=config.seed
@@ -973,7 +1015,8 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         logits=logits,
         uncertainty=uncertainty,
         info={"source": dataset.source, "model_name": model.name, "n_params": int(model.count_params()),
-              "activations": {"held": "on disk" if out else "in memory", "bytes": int(need),
+              "activations": {"held": ("on disk, by the Dask cluster" if dask_client is not None else "on disk")
+                                              if out else "in memory", "bytes": int(need),
                               "budget_bytes": int(budget), "dtype": config.activations_dtype}},
         model=model,
         work_folder=out,

@@ -279,3 +279,31 @@ def test_streamed_activations_are_read_only_and_never_written_over_an_existing_f
     with pytest.raises(FileExistsError, match="act-0.npy' exists already; give extract an empty folder"):
         extract(model, X * 2, out=tmp_path)
     assert (tmp_path / "act-0.npy").read_bytes() == before
+
+
+def test_a_run_over_its_budget_extracts_and_clusters_on_a_dask_cluster_as_it_would_alone(tmp_path):
+    """``client=``: the forward pass and the k-means run as tasks on the cluster's workers (issue 11, item 5)."""
+    from signatures.app.jobs import start_cluster
+    from signatures.experiment import ExperimentConfig, run_experiment
+
+    config = ExperimentConfig(name="ooc", digits=(1, 7), anomalies=(3,), n_per_class=250, arch="cnn", hidden=(8,),
+                              filters=(8, 8), reduce="flatten", epochs=1, k_max=4, umap_points=200,
+                              memory_budget=16)
+    alone = run_experiment(config, workdir=tmp_path)
+    assert alone.info["activations"]["held"] == "on disk", "the budget sends the activations to files"
+    jobs = start_cluster(n_workers=1, warm=False)
+    try:
+        spread = run_experiment(config, workdir=tmp_path, client=jobs.client)
+    finally:
+        jobs.close()
+    assert spread.info["activations"]["held"] == "on disk, by the Dask cluster"
+    assert np.array_equal(spread.probs, alone.probs), "the same forward batches give the same outputs"
+    for name in alone.layers:
+        assert np.array_equal(np.asarray(spread.hidden[name]), np.asarray(alone.hidden[name])), name
+        a, b = alone.clusterers[name], spread.clusterers[name]
+        assert a.k_ == b.k_ and a.silhouette_scores_ == b.silhouette_scores_, name
+        assert "Dask" in b.note_ or b.status_ != "ok"
+        assert adjusted_rand_score(alone.paths[:, alone.layers.index(name)],
+                                   spread.paths[:, spread.layers.index(name)]) > 0.99, name
+    spread.release_work_folder()
+    alone.release_work_folder()

@@ -140,7 +140,10 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
         config = ExperimentConfig.from_dict(config_dict).validate(words=words)
         path = experiment_path(store, config.name)
         check_output(path, overwrite=overwrite)
-        exp = run_experiment(config, progress=say, words=words, workdir=store)
+        from distributed import worker_client
+
+        # Activations over the memory budget: the forward pass and the k-means go to the cluster's workers.
+        exp = run_experiment(config, progress=say, words=words, workdir=store, client=worker_client)
         say("saving", 0.0, f"saving to the store as {path.name}")
         cancellable[0] = False
         try:
