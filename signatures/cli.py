@@ -169,14 +169,15 @@ def _cmd_run(args):
                          workdir=out.resolve().parent)
     save_experiment(exp, out, overwrite=args.overwrite)
     exp.release_work_folder()
-    from .explanations import explain_stored
+    from .explanations import explain_in_background
 
-    explain_stored(exp, out, progress=None if args.quiet else print_progress)
+    if not args.quiet:
+        print_progress("explanation", 0.0, "why each path: attribution maps of chosen inputs, beside the analysis")
+    explaining = explain_in_background(exp, out)
     from .analysis import load_or_analyze
     from .report import write_report
 
     analysis = load_or_analyze(exp, out)
-    report = write_report(exp, out / "report.html", analysis=analysis)
     from .app.view import PLOTS_FILE, write_plots
 
     try:  # the pages' figures, encoded once; a page rebuilds a missing file, so a failure only warns
@@ -184,6 +185,10 @@ def _cmd_run(args):
     except OSError as exc:
         print(f"warning: {out / PLOTS_FILE} could not be written ({exc.strerror or exc}); the site's pages "
               "will build the figures themselves", file=sys.stderr)
+    _, said = explaining.result()
+    if not args.quiet:
+        print_progress("explanation", 1.0, said)
+    report = write_report(exp, out / "report.html", analysis=analysis)  # with the maps
     notes = {name: f"{est.status_}: {est.note_}" for name, est in exp.clusterers.items() if est.status_ != "ok"}
     _print_summary(exp.metrics["accuracy"], analysis["findings"], {n: e.k_ for n, e in exp.clusterers.items()},
                    notes, exp.timings)

@@ -38,6 +38,7 @@ import numpy as np
 
 __all__ = ["CLASS_METHODS", "CLUSTER_METHODS", "EXPLANATIONS_FILE", "MAX_ROWS", "PER_GROUP", "PATHS_PER_CLASS",
            "CROSSOVERS", "row_priority", "select_rows", "compute_explanations", "map_keys", "short_title", "explain_experiment", "explain_stored",
+           "explain_in_background",
            "save_explanations", "load_explanations"]
 
 #: Methods stored for the predicted class (Grad-CAM only for networks with a conv layer).
@@ -288,6 +289,19 @@ def explain_stored(exp, folder, *, progress=None):
         return None
     say("explanation", 1.0, f"{len(result['maps'])} maps of {len(result['rows'])} inputs in {result['seconds']:.1f} s")
     return result
+
+
+def explain_in_background(exp, folder):
+    """:func:`explain_stored` in a thread, so that the analysis runs beside it (TensorFlow's kernels
+    release the GIL). Returns a ``concurrent.futures.Future`` of ``(result or None, message)``,
+    ``message`` saying what was stored, in words."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    said = []
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signatures-explain")
+    future = pool.submit(lambda: (explain_stored(exp, folder, progress=lambda *a: said.append(a[2])), said[-1]))
+    pool.shutdown(wait=False)  # the thread ends with its one task
+    return future
 
 
 def save_explanations(folder, result):

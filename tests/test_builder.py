@@ -17,7 +17,7 @@ from signatures.store import list_experiments, save_experiment
 
 #: Stages a job reports, in the order the page must show them.
 ORDER = ["warming", "started", "loading", "startup", "training", "extraction", "evaluation", "clustering", "projection",
-         "saving", "analysis", "done"]
+         "saving", "explanation", "analysis", "done"]
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ class _StoredJob:
 
     def __init__(self, name):
         self.id, self.name, self.future = "signatures-job-early", name, self._Future()
-        stages = ["started", "training", "clustering", "projection", "saving", "analysis"]
+        stages = ["started", "training", "clustering", "projection", "saving", "explanation", "analysis"]
         self._events = [{"seq": i, "stage": s, "fraction": 0.0, "message": s, "time": 0.0}
                         for i, s in enumerate(stages)]
 

@@ -66,7 +66,8 @@ def run_dir(tmp_path_factory):
 
 def test_run_writes_a_complete_experiment(run_dir):
     assert {p.name for p in run_dir.iterdir()} == {"manifest.json", "arrays.npz", "act-0.npy", "act-1.npy",
-                                                  "model.keras", "report.html", "analysis.json", "plots.zip"}
+                                                  "model.keras", "report.html", "analysis.json", "plots.zip",
+                                                  "explanations.npz"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["complete"] and manifest["config"]["digits"] == [1, 7]
     assert manifest["layers"] == ["hidden_1", "hidden_2"]

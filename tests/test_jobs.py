@@ -11,7 +11,7 @@ from signatures.store import list_experiments, read_manifest
 
 #: Pipeline stages in the order a job reports them.
 ORDER = ["warming", "started", "loading", "startup", "training", "extraction", "evaluation", "clustering", "projection",
-         "saving", "analysis", "done"]
+         "saving", "explanation", "analysis", "done"]
 
 
 def _config(name, epochs=2, **kw):

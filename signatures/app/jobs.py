@@ -150,19 +150,22 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
             save_experiment(exp, path, overwrite=overwrite)
         finally:
             exp.release_work_folder()
-        from ..explanations import explain_stored
+        from ..explanations import explain_in_background
 
-        explain_stored(exp, path, progress=say)
+        say("explanation", 0.0, "why each path: attribution maps of chosen inputs, beside the analysis")
+        explaining = explain_in_background(exp, path)
         say("analysis", 0.0, "answering the three questions")
         analysis = load_or_analyze(exp, path)
-        write_report(exp, path / "report.html", analysis=analysis)
-        say("analysis", 0.9, "encoding the pages' figures once")
+        say("analysis", 0.8, "encoding the pages' figures once")
         try:
             from .view import write_plots
 
             write_plots(exp, path, analysis=analysis)
         except (OSError, ValueError) as exc:  # the pages rebuild it; the experiment is stored
-            say("analysis", 1.0, f"figures not kept ({exc}); the pages will build them")
+            say("analysis", 0.9, f"figures not kept ({exc}); the pages will build them")
+        _, said = explaining.result()
+        say("explanation", 1.0, said)
+        write_report(exp, path / "report.html", analysis=analysis)  # with the maps
         say("done", 1.0, f"stored {path.name}")
         return {
             "name": path.name,
