@@ -74,6 +74,12 @@ def import_umap():
     import sys
 
     import umap  # imported lazily: slow, and the gallery never needs it
+    import umap.umap_
+
+    own = getattr(umap.umap_, "init_graph_transform", None)
+    if own is not None and own is not init_graph_transform:
+        _REPLACED["init_graph_transform"] = own  # kept: the tests compare the two
+        umap.umap_.init_graph_transform = init_graph_transform  # the same positions, without a Python loop
 
     if _CACHING["dir"] is None:
         _CACHING["dir"] = ""
@@ -99,6 +105,47 @@ def import_umap():
                     count += 1
         _CACHING.update(dir=str(folder), functions=count)
     return umap
+
+
+#: umap-learn's functions that :func:`import_umap` replaced, by name.
+_REPLACED = {}
+
+
+def init_graph_transform(graph, embedding):
+    """Where ``UMAP.transform`` starts each new point: umap-learn's rule, vectorised.
+
+    umap-learn's own ``init_graph_transform`` loops over the new points in Python (a quarter of
+    a second for 900 points); :func:`import_umap` puts this one in its place. The rule is the
+    same: a point with no neighbour in the fitted data starts at NaN; a point with an edge of
+    strength 1 (identical to a fitted point) starts at that point, the first such edge in the
+    row's order; any other point starts at its neighbours' positions averaged with the edge
+    strengths as weights.
+
+    Parameters
+    ----------
+    graph : scipy.sparse.csr_matrix of shape (n_new, n_fitted)
+        Edge strengths between the new points and the fitted ones.
+    embedding : ndarray of shape (n_fitted, n_components)
+
+    Returns
+    -------
+    ndarray of shape (n_new, n_components), float32
+    """
+    import scipy.sparse as sp
+
+    graph = sp.csr_matrix(graph)
+    embedding = np.asarray(embedding)
+    sums = np.asarray(graph.sum(axis=1), dtype=np.float64).ravel()
+    weights = sp.diags(np.divide(1.0, sums, out=np.zeros_like(sums), where=sums != 0)) @ graph
+    result = np.asarray(weights @ embedding.astype(np.float64), dtype=np.float32)
+    counts = np.diff(graph.indptr)
+    result[counts == 0] = np.nan
+    ones = np.flatnonzero(graph.data == 1)
+    if len(ones):
+        rows = np.searchsorted(graph.indptr, ones, side="right") - 1
+        first = np.unique(rows, return_index=True)[1]  # the first edge of strength 1 in each row
+        result[rows[first]] = embedding[graph.indices[ones[first]]]
+    return result
 
 
 def _umap(n_points, *, metric, n_neighbors, min_dist, random_state):

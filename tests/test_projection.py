@@ -222,3 +222,27 @@ def test_an_unwritable_cache_folder_leaves_caching_off_and_the_map_unchanged(tmp
     assert off["dir"] == "" and off["functions"] == 0 and off["hits"] == 0
     X = np.random.default_rng(0).normal(size=(300, 6))
     assert off["sum"] == float(np.abs(fit_projection(X[:250], n_neighbors=10).transform(X[250:])).sum())
+
+
+def test_new_points_start_where_umap_learn_would_start_them():
+    """The vectorised start of ``UMAP.transform`` follows umap-learn's own rule, point for point."""
+    import scipy.sparse as sp
+
+    from signatures import projection
+
+    umap = projection.import_umap()
+    theirs = projection._REPLACED.get("init_graph_transform")
+    assert umap.umap_.init_graph_transform is projection.init_graph_transform and theirs is not None
+    rng = np.random.default_rng(0)
+    graph = sp.random(300, 200, density=0.05, random_state=1, format="lil", dtype=np.float32)
+    graph[5, :] = 0  # no neighbour in the fitted data: NaN
+    graph[7, 3], graph[7, 9] = 0.5, 1.0  # identical to fitted point 9: starts there
+    graph = graph.tocsr()
+    graph.eliminate_zeros()
+    embedding = rng.normal(size=(200, 2)).astype(np.float32)
+    ours = projection.init_graph_transform(graph, embedding)
+    np.testing.assert_allclose(ours, theirs(graph, embedding), atol=1e-5)
+    assert np.isnan(ours[5]).all() and np.array_equal(ours[7], embedding[9])
+    row = graph[11]
+    want = (row.data[:, None] * embedding[row.indices]).sum(axis=0) / row.data.sum()
+    np.testing.assert_allclose(ours[11], want, rtol=1e-5)
