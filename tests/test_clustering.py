@@ -224,3 +224,15 @@ def test_bad_k_criteria_are_named(options, y, message):
     X, _, _ = _nested_blobs(np.random.default_rng(1), 400)
     with pytest.raises(ValueError, match=message):
         LayerKMeans(**options).fit(X, y)
+
+
+def test_the_sweep_scores_every_k_on_distances_computed_once_with_the_same_result(monkeypatch):
+    from sklearn.datasets import make_blobs
+
+    from signatures import clustering
+
+    X, _ = make_blobs(n_samples=600, centers=4, n_features=5, random_state=3)
+    once = clustering.silhouette_sweep(X, k_range=range(2, 7), sample_size=None)
+    monkeypatch.setattr(clustering, "PRECOMPUTE_ROWS", 0)  # every K computes its own distances
+    each = clustering.silhouette_sweep(X, k_range=range(2, 7), sample_size=None)
+    assert once == each and max(once, key=once.get) == 4
