@@ -65,10 +65,11 @@ _WARMING = threading.Lock()
 def _warm_up():
     """Runs in its own thread, holding :data:`_WARMING`, which :meth:`WarmUp.setup` took."""
     try:
-        from .. import models  # noqa: F401  (TensorFlow, once per worker process)
+        from .. import models  # TensorFlow, once per worker process
         from ..projection import warm_up
 
         warm_up()
+        models.warm_up()  # Keras' first fit and predict: not paid by the worker's first job
     finally:
         _WARMING.release()
 
@@ -80,7 +81,7 @@ def _worker_plugin_base():
 
 
 class WarmUp(_worker_plugin_base()):
-    """Worker plugin: import TensorFlow and compile UMAP once, in a thread, when a worker starts.
+    """Worker plugin: import TensorFlow, train a tiny network and compile UMAP once, in a thread, when a worker starts.
 
     The worker keeps answering its scheduler meanwhile; a job that starts before the warm-up
     ends simply shares it.
