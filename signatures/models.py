@@ -18,6 +18,23 @@ import numpy as np  # noqa: E402
 
 from ._checks import ACTIVATIONS, check_activation as _check_activation, parse_hidden  # noqa: E402
 
+
+def _not_retracing(record):
+    """Drop TensorFlow's "triggered tf.function retracing" warning: every run builds new models (and
+    their predict functions) on purpose, so a long-lived worker would print it after every few runs."""
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _quiet_retracing():
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    if _not_retracing not in logger.filters:
+        logger.addFilter(_not_retracing)
+
+
+_quiet_retracing()
+
 __all__ = [
     "build_mlp",
     "build_cnn",
