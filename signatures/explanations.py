@@ -46,7 +46,7 @@ CLASS_METHODS = ("integrated_gradients", "gradcam")
 #: Methods stored for cluster membership at each clustered layer.
 CLUSTER_METHODS = ("integrated_gradients",)
 #: Most inputs explained per experiment.
-MAX_ROWS = 1500
+MAX_ROWS = 600
 #: Inputs of each class explained in every cluster and on each common path.
 PER_GROUP = 6
 #: Commonest paths of each class whose first inputs are explained.
