@@ -234,7 +234,7 @@ def _run_as_job(args, config, out):
 
     with open_jobs(scheduler=args.scheduler) as jobs:
         job = jobs.submit(config, out.resolve().parent, overwrite=args.overwrite, words=OPTION_WORDS)
-        follow_jobs({config.name: job}, progress=progress)
+        follow_jobs({config.name: job}, progress=progress, poll=0.2)
         try:
             result = job.result()
         except JobFailed as exc:
