@@ -210,12 +210,14 @@ def test_gallery_draws_each_plot_once_and_below_the_fold_only_when_scrolled_to(s
                                timeout=120_000)
         page.wait_for_timeout(500)
         states = [tuple(s) for s in page.evaluate(PLOT_STATES)]
-        assert len(states) == 6
+        assert len(states) == 7  # confusion, training, Sankey, UMAP, silhouette, images, why this path
         assert all(s == ("drawn", 1, True) for s in states if s[2])  # on screen: drawn, once
         assert [s for s in states if not s[2]] and all(s[:2] == ("", 0) for s in states if not s[2])
-        page.evaluate("() => [...document.querySelectorAll('.sig-plot')].pop().scrollIntoView()")
-        page.wait_for_function("() => [...document.querySelectorAll('.sig-plot')].pop().dataset.state === 'drawn'",
+        # The image grid (the sixth plot), right below the UMAP map; "why this path" follows it.
+        page.evaluate("() => document.querySelectorAll('.sig-plot')[5].scrollIntoView()")
+        page.wait_for_function("() => document.querySelectorAll('.sig-plot')[5].dataset.state === 'drawn'",
                                timeout=30_000)
+        page.evaluate("() => document.querySelectorAll('.sig-plot')[3].scrollIntoView()")  # the UMAP map
         umap = page.locator(".sig-plot", has=page.locator(".gtitle", has_text="UMAP of"))
         umap.scroll_into_view_if_needed()
         page.wait_for_function("() => [...document.querySelectorAll('.sig-plot')].filter("

@@ -71,11 +71,13 @@ def test_stored_maps_are_the_attributions_of_each_input_for_its_class_and_its_ow
 
 
 def test_maps_of_another_experiment_or_a_damaged_file_are_not_used(small_experiment, stored, tmp_path):
+    from dataclasses import replace
+
     exp, (folder, _) = small_experiment, stored
     other = tmp_path / "small"
-    save_experiment(exp, other)
+    save_experiment(replace(exp, config=replace(exp.config, seed=1)), other)  # another config: another key
     (other / E.EXPLANATIONS_FILE).write_bytes((folder / E.EXPLANATIONS_FILE).read_bytes())
-    assert E.load_explanations(other) is None, "stamped with the other folder's manifest: stale"
+    assert E.load_explanations(other) is None, "stamped with the other experiment's manifest: stale"
     (other / E.EXPLANATIONS_FILE).write_bytes(b"not a zip")
     with pytest.warns(RuntimeWarning, match=r"explanations\.npz cannot be read .* the maps are not shown"):
         assert E.load_explanations(other) is None
