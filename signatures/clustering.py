@@ -70,7 +70,7 @@ from ._mapped import drop_pages
 # scikit-learn (with scipy, ~1 s and ~90 MiB) is imported only to fit: a page kernel that reads
 # stored clusterings (LayerKMeans.from_dict, predict) never loads it.
 
-__all__ = ["check_k_range", "silhouette_sweep", "faithfulness_sweep", "select_k", "LayerKMeans", "cluster_layers",
+__all__ = ["check_k_range", "silhouette_sweep", "faithfulness_sweep", "select_k", "LayerKMeans", "cluster_layers", "each_layer",
            "CRITERIA"]
 
 DEFAULT_K_RANGE = range(2, 11)
@@ -568,15 +568,33 @@ def cluster_layers(hidden, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=
     -------
     OrderedDict[str, LayerKMeans]
     """
+    return each_layer(hidden, lambda X: LayerKMeans(k_range=k_range, sample_size=sample_size, n_init=n_init,
+                                                    random_state=random_state, criterion=criterion, k=k).fit(X, y),
+                      progress=progress)
+
+
+def each_layer(hidden, fit, *, progress=None):
+    """``fit(activations)`` of every layer, in order, with the layer named in errors and progress.
+
+    Parameters
+    ----------
+    hidden : dict[str, array of shape (n_samples, n_units)]
+    fit : callable
+        Returns a fitted :class:`LayerKMeans` for one layer's activations.
+    progress : callable, optional
+        ``progress("clustering", fraction, "layer NAME: K = k")`` after each layer.
+
+    Returns
+    -------
+    OrderedDict[str, LayerKMeans]
+    """
     out = OrderedDict()
     names = list(hidden)
     if not names:
         raise ValueError("hidden must hold at least one layer's activations, got none")
     for i, name in enumerate(names, start=1):
-        est = LayerKMeans(k_range=k_range, sample_size=sample_size, n_init=n_init, random_state=random_state,
-                          criterion=criterion, k=k)
         try:
-            out[name] = est.fit(hidden[name], y)
+            out[name] = est = fit(hidden[name])
         except ValueError as exc:
             raise ValueError(f"layer {name!r}: {exc}") from None
         if progress:

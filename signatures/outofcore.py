@@ -958,18 +958,8 @@ def cluster_layers(hidden, *, k_range=DEFAULT_K_RANGE, sample_size=2000, n_init=
     -------
     OrderedDict[str, LayerKMeans]
     """
-    names = list(hidden)
-    if not names:
-        raise ValueError("hidden must hold at least one layer's activations, got none")
-    out = OrderedDict()
-    for i, name in enumerate(names, start=1):
-        try:
-            out[name] = est = cluster_layer(
-                hidden[name], y, k_range=k_range, sample_size=sample_size, n_init=n_init, random_state=random_state,
-                criterion=criterion, k=k, max_fit_cells=max_fit_cells, max_iter=max_iter, tol=tol, client=client)
-        except ValueError as exc:
-            raise ValueError(f"layer {name!r}: {exc}") from None
-        if progress:
-            extra = f" ({est.status_}: {est.note_})" if est.status_ != "ok" else ""
-            progress("clustering", i / len(names), f"layer {name}: K = {est.k_}{extra}")
-    return out
+    from .clustering import each_layer
+
+    return each_layer(hidden, lambda X: cluster_layer(
+        X, y, k_range=k_range, sample_size=sample_size, n_init=n_init, random_state=random_state, criterion=criterion,
+        k=k, max_fit_cells=max_fit_cells, max_iter=max_iter, tol=tol, client=client), progress=progress)
