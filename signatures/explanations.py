@@ -298,8 +298,15 @@ def explain_in_background(exp, folder):
     from concurrent.futures import ThreadPoolExecutor
 
     said = []
+
+    def task():
+        try:
+            return explain_stored(exp, folder, progress=lambda *a: said.append(a[2])), said[-1]
+        except Exception as exc:  # the maps are extra: their failure never fails a run already stored
+            return None, f"no attribution maps: {type(exc).__name__}: {exc}"
+
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signatures-explain")
-    future = pool.submit(lambda: (explain_stored(exp, folder, progress=lambda *a: said.append(a[2])), said[-1]))
+    future = pool.submit(task)
     pool.shutdown(wait=False)  # the thread ends with its one task
     return future
 

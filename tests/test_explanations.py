@@ -179,3 +179,17 @@ def test_a_run_with_dropout_measures_mc_dropout_and_the_detector_table_has_it(tm
     plain = run_experiment(ExperimentConfig(name="plain", dataset="digits", digits=(1, 7), anomalies=(3,),
                                             hidden=(16,), epochs=1, k_max=4, umap_points=200))
     assert plain.uncertainty is None
+
+
+def test_maps_that_fail_leave_the_stored_run_whole_and_say_why(stored, monkeypatch):
+    folder, _ = stored
+    exp = load_experiment(folder)
+    exp.model = object()  # not a network: computing its maps fails
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the network could not run")
+
+    monkeypatch.setattr(E, "explain_experiment", broken)
+    result, said = E.explain_in_background(exp, folder).result(timeout=60)
+    assert result is None and said == "no attribution maps: RuntimeError: the network could not run"
+    assert is_experiment_folder(folder) == (True, "")
