@@ -320,8 +320,8 @@ class ExperimentView:
 
     def __init__(self, exp, *, anomalies=None, analysis=None, renderer=None, folder=None, maps_folder=None):
         self.exp = exp
-        self.maps_folder = Path(maps_folder if maps_folder is not None else folder) if (
-            maps_folder is not None or folder is not None) else None
+        maps_folder = folder if maps_folder is None else maps_folder
+        self.maps_folder = None if maps_folder is None else Path(maps_folder)
         self.analysis = analysis
         self.renderer = renderer
         self.folder = None if folder is None else Path(folder)
