@@ -1,7 +1,6 @@
 """``python -m signatures``: see :mod:`signatures.cli`."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+if __name__ == "__main__":  # not when a side process (spawned) imports this module as its main
+    entry()

@@ -25,7 +25,7 @@ from .store import write_file_atomic
 # The question modules (scikit-learn, scipy) are imported where an analysis is computed: a page
 # kernel that reads a stored analysis.json never loads them.
 
-__all__ = ["analyze", "findings", "load_or_analyze", "format_share", "unseen_set", "ANALYSIS_FILE",
+__all__ = ["analyze", "findings", "load_or_analyze", "save_analysis", "format_share", "unseen_set", "ANALYSIS_FILE",
            "TIE_MARGIN", "LOW_ACCURACY", "NEURON_AUROC_MARGIN"]
 
 ANALYSIS_FILE = "analysis.json"
@@ -674,10 +674,22 @@ def load_or_analyze(exp, folder=None, *, progress=None):
         if cached is not None:
             return cached
     result = analyze(exp, progress=progress)
-    if path is not None:
-        try:
-            write_file_atomic(path, json.dumps(result))
-        except OSError as exc:
-            warnings.warn(f"the analysis could not be kept in {path}: {exc.strerror or exc}; "
-                          "it will be computed again next time", RuntimeWarning, stacklevel=2)
+    if folder is not None:
+        save_analysis(folder, result, stacklevel=3)
     return result
+
+
+def save_analysis(folder, result, *, stacklevel=2):
+    """Keep ``result`` (:func:`analyze` of the experiment stored in ``folder``) as its ``analysis.json``.
+
+    Written atomically; a folder that cannot be written gives a warning naming the file (the
+    analysis is then computed again next time). Returns the path, or None when not kept.
+    """
+    path = Path(folder) / ANALYSIS_FILE
+    try:
+        write_file_atomic(path, json.dumps(result))
+    except OSError as exc:
+        warnings.warn(f"the analysis could not be kept in {path}: {exc.strerror or exc}; "
+                      "it will be computed again next time", RuntimeWarning, stacklevel=stacklevel)
+        return None
+    return path

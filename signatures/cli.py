@@ -163,32 +163,27 @@ def _cmd_run(args):
         return _run_as_job(args, config, out)
 
     from .experiment import print_progress, run_experiment
-    from .store import save_experiment
+    from .finish import finish_run
+    from .sideprocess import start_side_process, stop_side_process
 
-    exp = run_experiment(config, progress=None if args.quiet else print_progress, words=OPTION_WORDS,
-                         workdir=out.resolve().parent)
-    save_experiment(exp, out, overwrite=args.overwrite)
-    exp.release_work_folder()
-    from .explanations import explain_in_background
+    say = None if args.quiet else print_progress
+    # A side process loads UMAP on the other core while this one imports TensorFlow, then fits the
+    # maps beside the clustering and the analysis. Only the command starts one (``entry``): a
+    # process spawned from a script without a ``__main__`` guard would run that script again.
+    side = start_side_process() if _COMMAND["side_process"] else None
+    try:
+        exp = run_experiment(config, progress=say, words=OPTION_WORDS, workdir=out.resolve().parent,
+                             projector=side)
 
-    if not args.quiet:
-        print_progress("explanation", 0.0, "why each path: attribution maps of chosen inputs, beside the analysis")
-    explaining = explain_in_background(exp, out)
-    from .analysis import load_or_analyze
-    from .report import write_report
+        def stored():
+            stop_side_process(side)  # the maps are in: let it end while the figures are made
+            if say:
+                say("explanation", 0.0, "why each path: attribution maps of chosen inputs, beside the analysis")
 
-    analysis = load_or_analyze(exp, out)
-    from .app.view import PLOTS_FILE, write_plots
-
-    try:  # the pages' figures, encoded once; a page rebuilds a missing file, so a failure only warns
-        write_plots(exp, out, analysis=analysis)
-    except OSError as exc:
-        print(f"warning: {out / PLOTS_FILE} could not be written ({exc.strerror or exc}); the site's pages "
-              "will build the figures themselves", file=sys.stderr)
-    _, said = explaining.result()
-    if not args.quiet:
-        print_progress("explanation", 1.0, said)
-    report = write_report(exp, out / "report.html", analysis=analysis)  # with the maps
+        analysis = finish_run(exp, out, overwrite=args.overwrite, progress=say, stored=stored)
+    finally:
+        stop_side_process(side)
+    report = out / "report.html"
     notes = {name: f"{est.status_}: {est.note_}" for name, est in exp.clusterers.items() if est.status_ != "ok"}
     _print_summary(exp.metrics["accuracy"], analysis["findings"], {n: e.k_ for n, e in exp.clusterers.items()},
                    notes, exp.timings)
@@ -595,5 +590,35 @@ def main(argv=None):
         return 130
 
 
+#: Set by :func:`entry` (the ``signatures`` command and ``python -m signatures``): a run may then
+#: start its side process (:mod:`signatures.sideprocess`).
+_COMMAND = {"side_process": False}
+
+
+def entry(argv=None):
+    """The ``signatures`` command: :func:`main`, then a quick exit with its status.
+
+    Once the command is done, its threads are joined, its ``atexit`` handlers run and its output
+    is flushed, as at any exit; then the process ends without tearing its modules down one by
+    one, which takes TensorFlow 1 to 2 s and changes nothing the command wrote.
+    """
+    import atexit
+    import threading
+
+    _COMMAND["side_process"] = True
+    status = main(argv)
+    finish = getattr(threading, "_shutdown", None)  # what the interpreter runs first at exit
+    if finish is None or not hasattr(atexit, "_run_exitfuncs"):
+        sys.exit(status)
+    finish()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status if isinstance(status, int) else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -640,6 +640,25 @@ class Experiment:
     model: object = None
     #: The temporary folder its activations were streamed to (None: held in memory, or loaded).
     work_folder: str = field(default=None, repr=False, compare=False)
+    #: The maps still being fitted elsewhere (``run_experiment(projector=)``), until :meth:`wait_for_maps`.
+    pending_maps: object = field(default=None, repr=False, compare=False)
+
+    def wait_for_maps(self, progress=None):
+        """Fill :attr:`embeddings` with the maps fitted elsewhere (``run_experiment(projector=)``).
+
+        Nothing to do for an experiment whose maps are there. ``progress(stage, fraction,
+        message)`` hears when they arrive. Returns ``self``.
+        """
+        pending = self.pending_maps
+        if pending is None:
+            return self
+        self.embeddings = pending.result()
+        self.pending_maps = None
+        self.timings["projection"] = pending.seconds
+        if progress:
+            where = pending.fallback or "fitted in a side process, beside the clustering"
+            progress("projection", 1.0, f"UMAP of {len(self.embeddings)} layers ({where}, {pending.seconds:.1f} s)")
+        return self
 
     def release_work_folder(self):
         """Remove :attr:`work_folder` once the experiment is saved (its arrays stay readable: the
@@ -815,7 +834,8 @@ def _extract_on_cluster(client, model, X, out, layers, config, report):
                               dtype=config.activations_dtype, progress=report)
 
 
-def run_experiment(config, *, progress=None, model=None, dataset=None, words=None, workdir=None, client=None):
+def run_experiment(config, *, progress=None, model=None, dataset=None, words=None, workdir=None, client=None,
+                   projector=None):
     """Carry out an experiment from start to end.
 
     Parameters
@@ -841,13 +861,21 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         in ``workdir``, which every worker must reach (the same machine, or a shared file
         system). A job on a worker passes ``distributed.worker_client``. Unused when the
         activations fit the budget.
+    projector : concurrent.futures.Executor, optional
+        Fits the UMAP maps there, e.g. the side process of a stand-alone run
+        (:func:`signatures.sideprocess.start_side_process`), and returns once the layers are
+        clustered: the maps are then pending, the experiment's ``embeddings`` empty until
+        :meth:`Experiment.wait_for_maps` (which :func:`signatures.store.save_experiment`
+        calls). The maps are the same as without it. Activations over the memory budget are
+        mapped in this process instead, and the projector is shut down then (another
+        process would hold its share outside the budget).
 
     Returns
     -------
     Experiment
     """
     from . import data as _data
-    from .projection import project_layers, choose_rows
+    from .projection import choose_rows, project_layers, submit_projection
 
     config.validate(words=words)
     report = progress or (lambda *a: None)
@@ -917,6 +945,13 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
     out = _activations_folder(workdir, config.name) if need > budget else None
     held = (f"on disk, memory-mapped ({need / 2**20:,.0f} MiB over the {budget / 2**20:,.0f} MiB budget)"
             if out else f"in memory ({need / 2**20:,.0f} MiB)")
+    if out is not None and projector is not None:
+        # Over the budget, the maps are fitted here: a second process would hold their rows and its
+        # own libraries outside the budget. It is let go now, before the memory is needed.
+        shutdown = getattr(projector, "shutdown", None)
+        if shutdown is not None:
+            shutdown(wait=False, cancel_futures=True)
+        projector = None
     import contextlib
 
     with contextlib.ExitStack() as stack:
@@ -932,6 +967,13 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         else:
             hidden, probs, logits = _extract_on_cluster(dask_client, model, X, out, extractor[1], config, report)
         lap("extraction")
+        # The maps depend on the rows only (not on the clusters): a projector fits them meanwhile.
+        fit_rows, transform_rows = choose_rows(
+            labels, split != SPLITS["anomaly"], max_points=config.umap_points, random_state=config.seed
+        )
+        pending = None
+        if projector is not None:  # said when they arrive (Experiment.wait_for_maps)
+            pending = submit_projection(projector, hidden, fit_rows, transform_rows, random_state=config.seed)
 
         test = split == SPLITS["test"]
         classes = np.asarray(subset.classes)
@@ -986,13 +1028,11 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
                     outofcore.nearest_center(arrays[name][n_train:], est.centers_)).result()
         lap("clustering")
 
-    fit_rows, transform_rows = choose_rows(
-        labels, split != SPLITS["anomaly"], max_points=config.umap_points, random_state=config.seed
-    )
-    skip = {name for name, est in clusterers.items() if est.status_ == "constant"}
-    embeddings = project_layers(hidden, fit_rows, transform_rows, skip=skip, random_state=config.seed,
-                                progress=report)
-    lap("projection")
+    if pending is None:
+        embeddings = project_layers(hidden, fit_rows, transform_rows, random_state=config.seed, progress=report)
+        lap("projection")
+    else:
+        embeddings = OrderedDict()  # until Experiment.wait_for_maps
 
     images = dataset.images[dataset_rows]
     return Experiment(
@@ -1020,4 +1060,5 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
                               "budget_bytes": int(budget), "dtype": config.activations_dtype}},
         model=model,
         work_folder=out,
+        pending_maps=pending,
     )

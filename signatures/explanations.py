@@ -275,7 +275,8 @@ def explain_experiment(exp, folder=None, *, progress=None, max_rows=MAX_ROWS):
 
 
 def explain_stored(exp, folder, *, progress=None):
-    """:func:`explain_experiment` for a run just saved in ``folder``; never fails the run.
+    """:func:`explain_experiment` for a run just saved in ``folder`` (or not yet saved:
+    ``folder=None``); never fails the run.
 
     A model the maps cannot be computed for (a ValueError naming why) leaves the experiment
     without maps, said through ``progress``; the pages then say there are none.
@@ -291,10 +292,11 @@ def explain_stored(exp, folder, *, progress=None):
     return result
 
 
-def explain_in_background(exp, folder):
+def explain_in_background(exp, folder=None):
     """:func:`explain_stored` in a thread, so that the analysis runs beside it (TensorFlow's kernels
     release the GIL). Returns a ``concurrent.futures.Future`` of ``(result or None, message)``,
-    ``message`` saying what was stored, in words."""
+    ``message`` saying what was computed, in words. With ``folder=None`` (the experiment not
+    saved yet) the maps are only computed: keep them with :func:`save_explanations` once it is."""
     from concurrent.futures import ThreadPoolExecutor
 
     said = []

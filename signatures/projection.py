@@ -73,6 +73,16 @@ def import_umap():
     """
     import sys
 
+    if "umap" not in sys.modules and "tensorflow" not in sys.modules:
+        # umap-learn's package imports its ParametricUMAP, hence TensorFlow (6-8 s) when it is
+        # installed; a process without TensorFlow (the run's side process) never needs it. The
+        # submodule stays importable by name afterwards.
+        sys.modules["umap.parametric_umap"] = None
+        try:
+            import umap
+        finally:
+            if sys.modules.get("umap.parametric_umap", 0) is None:
+                del sys.modules["umap.parametric_umap"]
     import umap  # imported lazily: slow, and the gallery never needs it
     import umap.umap_
 
@@ -309,7 +319,8 @@ def project_layers(hidden, fit_rows, transform_rows=(), *, skip=(), n_neighbors=
     hidden : dict[str, ndarray of shape (n_samples, n_units)]
     fit_rows, transform_rows : array-like of int
     skip : collection of str
-        Layers not to project (e.g. constant layers): their map is all zeros.
+        Layers not to project: their map is all zeros, as is that of a layer whose fitted rows
+        are all equal (a dead or saturated layer: nothing to map).
     progress : callable, optional
 
     Returns
@@ -324,7 +335,7 @@ def project_layers(hidden, fit_rows, transform_rows=(), *, skip=(), n_neighbors=
     for i, name in enumerate(names, start=1):
         X = hidden[name]  # may be memory-mapped: only the projected rows are read
         emb = np.full((len(X), 2), np.nan, dtype=np.float32)
-        if name in skip:
+        if name in skip or _all_equal(X[fit_rows]):
             emb[fit_rows] = 0.0
             emb[transform_rows] = 0.0
         else:
@@ -337,6 +348,89 @@ def project_layers(hidden, fit_rows, transform_rows=(), *, skip=(), n_neighbors=
         if progress:
             progress("projection", i / len(names), f"UMAP of layer {name}")
     return out
+
+
+def _all_equal(rows):
+    rows = np.asarray(rows)
+    return len(rows) == 0 or not np.any(rows != rows[:1])
+
+
+def _project_chosen(chosen, n_fit, skip, options):
+    """:func:`project_layers` of rows already chosen (fitted ones first); returns (maps, seconds)."""
+    import time
+
+    start = time.perf_counter()
+    n = len(next(iter(chosen.values()))) if chosen else 0
+    maps = project_layers(chosen, np.arange(n_fit), np.arange(n_fit, n), skip=skip, **options)
+    return maps, round(time.perf_counter() - start, 3)
+
+
+class PendingMaps:
+    """UMAP maps being fitted by an executor (:func:`submit_projection`).
+
+    :meth:`result` waits for them and returns what :func:`project_layers` returns. If the
+    executor failed (its process ended, or it could not take the task), the maps are fitted
+    in this process instead, from the same rows with the same seed: the same maps.
+
+    Attributes
+    ----------
+    seconds : float or None
+        How long the fit took where it ran (set by :meth:`result`).
+    fallback : str or None
+        Why the maps were fitted here instead, in words (set by :meth:`result`).
+    """
+
+    def __init__(self, future, chosen, n_fit, n_rows, rows, skip, options, fallback=None):
+        self._future, self._chosen, self._n_fit = future, chosen, n_fit
+        self._n_rows, self._rows, self._skip, self._options = n_rows, rows, skip, options
+        self._maps = None
+        self.seconds = None
+        self.fallback = fallback
+
+    def result(self):
+        """The maps: OrderedDict[str, ndarray of shape (n_rows, 2)], float32, NaN where not projected."""
+        if self._maps is not None:
+            return self._maps
+        from concurrent.futures.process import BrokenProcessPool
+
+        compact = None
+        if self._future is not None:
+            try:
+                compact, self.seconds = self._future.result()
+            except (BrokenProcessPool, OSError, RuntimeError) as exc:  # the side process ended: fit here
+                self.fallback = f"the side process ended ({type(exc).__name__}: {exc}); maps fitted here"
+        if compact is None:
+            compact, self.seconds = _project_chosen(self._chosen, self._n_fit, self._skip, self._options)
+        maps = OrderedDict()
+        for name, emb in compact.items():
+            full = np.full((self._n_rows, 2), np.nan, dtype=np.float32)
+            full[self._rows] = emb
+            maps[name] = full
+        self._maps, self._chosen, self._future = maps, None, None
+        return maps
+
+
+def submit_projection(executor, hidden, fit_rows, transform_rows=(), *, skip=(), n_neighbors=15, min_dist=0.1,
+                      random_state=0):
+    """:func:`project_layers`, fitted by ``executor`` (e.g. a side process); returns :class:`PendingMaps`.
+
+    Only the projected rows are sent (at most the map's sample: ``fit_rows`` then
+    ``transform_rows``), so a memory-mapped layer is read row by row here, never whole.
+    ``executor=None`` fits the maps here when :meth:`PendingMaps.result` is called.
+    """
+    fit_rows = np.asarray(fit_rows, dtype=np.int64)
+    rows = np.concatenate([fit_rows, np.asarray(transform_rows, dtype=np.int64)])
+    chosen = OrderedDict((name, np.ascontiguousarray(X[rows])) for name, X in hidden.items())
+    n_rows = len(next(iter(hidden.values()))) if hidden else 0
+    skip = set(skip)
+    options = dict(n_neighbors=n_neighbors, min_dist=min_dist, random_state=random_state)
+    future, fallback = None, "no side process; maps fitted here"
+    if executor is not None:
+        try:
+            future, fallback = executor.submit(_project_chosen, chosen, len(fit_rows), skip, options), None
+        except (RuntimeError, OSError) as exc:  # shut down or broken: fitted here on result()
+            fallback = f"the side process takes no task ({type(exc).__name__}: {exc}); maps fitted here"
+    return PendingMaps(future, chosen, len(fit_rows), n_rows, rows, skip, options, fallback)
 
 
 def warm_up():

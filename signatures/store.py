@@ -470,6 +470,8 @@ def save_experiment(exp, path, *, overwrite=False, save_model=True):
     """
     path = Path(path)
     check_output(path, overwrite=overwrite)
+    if getattr(exp, "pending_maps", None) is not None:  # maps still being fitted elsewhere
+        exp.wait_for_maps()
     clean_leftovers(path.parent)
     existed = os.path.lexists(path)
     tmp = _temp_folder(path, "tmp")

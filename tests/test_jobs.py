@@ -41,6 +41,8 @@ def test_workers_share_the_cores_for_their_numeric_libraries(jobs):
     seen = jobs.client.run(lambda: (os.environ.get("OMP_NUM_THREADS"), os.environ.get("OPENBLAS_NUM_THREADS")))
     share = str(worker_threads(1))
     assert list(seen.values()) == [(share, share)]  # the lone worker gets every core, not Dask's one
+    daemonic = jobs.client.run(lambda: __import__("multiprocessing").current_process().daemon)
+    assert list(daemonic.values()) == [False]  # so that it may start its side process
 
 
 def test_a_job_stores_the_experiment_and_reports_progress_in_order(jobs, tmp_path):
@@ -58,6 +60,8 @@ def test_a_job_stores_the_experiment_and_reports_progress_in_order(jobs, tmp_pat
     assert firsts == [s for s in ORDER if s in firsts], stages
     assert stages[0] in ("warming", "started") and stages[-1] == "done"  # warming: the worker was still loading
     assert {"training", "clustering", "projection", "saving"} <= set(stages)
+    maps = [e["message"] for e in events if e["stage"] == "projection"]
+    assert len(maps) == 1 and "fitted in a side process" in maps[0], maps  # the worker's, beside the clustering
     epochs = [e["message"] for e in events if e["stage"] == "training" and "epoch" in e["message"]]
     assert len(epochs) >= 2, "every epoch is reported"
     times = [e["time"] for e in events]

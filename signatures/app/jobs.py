@@ -62,9 +62,28 @@ class JobFailed(RuntimeError):
 _WARMING = threading.Lock()
 
 
+#: The worker's side process, which fits a job's UMAP maps beside its clustering and analysis
+#: (:mod:`signatures.sideprocess`); started by the warm-up.
+_SIDE = {"pool": None}
+
+
+def _side_process():
+    """The worker's side process, started again if it ended; None where none can run (a daemonic
+    worker of a cluster started elsewhere, one core): the maps are then fitted in the job."""
+    from ..sideprocess import start_side_process, working
+
+    pool = _SIDE["pool"]
+    if pool is not None and not working(pool):
+        pool = _SIDE["pool"] = None
+    if pool is None:
+        pool = _SIDE["pool"] = start_side_process()
+    return pool
+
+
 def _warm_up():
     """Runs in its own thread, holding :data:`_WARMING`, which :meth:`WarmUp.setup` took."""
     try:
+        _side_process()  # loads UMAP in another process while this one imports TensorFlow
         from .. import models  # TensorFlow, once per worker process
         from ..projection import warm_up
 
@@ -94,6 +113,12 @@ class WarmUp(_worker_plugin_base()):
         if _WARMING.acquire(blocking=False):  # taken here, so that no job can start its imports first
             threading.Thread(target=_warm_up, name="signatures-warm-up", daemon=True).start()
 
+    def teardown(self, worker):
+        from ..sideprocess import stop_side_process
+
+        stop_side_process(_SIDE["pool"])
+        _SIDE["pool"] = None
+
 
 def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
     """Carry out one experiment on a Dask worker and store it; returns a small summary dict.
@@ -115,10 +140,9 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
                                         "message": "the worker is still loading TensorFlow and compiling UMAP"})
     with _WARMING:  # waits for a warm-up still under way
         pass
-    from ..analysis import load_or_analyze
     from ..experiment import ExperimentConfig, run_experiment
-    from ..report import write_report
-    from ..store import check_output, experiment_path, save_experiment
+    from ..finish import finish_run
+    from ..store import check_output, experiment_path
 
     worker = get_worker()
     cancel = Event(f"{job_id}-cancel")
@@ -144,29 +168,14 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
         from distributed import worker_client
 
         # Activations over the memory budget: the forward pass and the k-means go to the cluster's workers.
-        exp = run_experiment(config, progress=say, words=words, workdir=store, client=worker_client)
-        say("saving", 0.0, f"saving to the store as {path.name}")
-        cancellable[0] = False
-        try:
-            save_experiment(exp, path, overwrite=overwrite)
-        finally:
-            exp.release_work_folder()
-        from ..explanations import explain_in_background
+        exp = run_experiment(config, progress=say, words=words, workdir=store, client=worker_client,
+                             projector=_side_process())
+        cancellable[0] = False  # from here the job ends with its experiment stored
 
-        say("explanation", 0.0, "why each path: attribution maps of chosen inputs, beside the analysis")
-        explaining = explain_in_background(exp, path)
-        say("analysis", 0.0, "answering the three questions")
-        analysis = load_or_analyze(exp, path)
-        say("analysis", 0.8, "encoding the pages' figures once")
-        try:
-            from .view import write_plots
+        def stored():  # the first event after it says that the experiment is stored
+            say("explanation", 0.0, "why each path: attribution maps of chosen inputs, beside the analysis")
 
-            write_plots(exp, path, analysis=analysis)
-        except (OSError, ValueError) as exc:  # the pages rebuild it; the experiment is stored
-            say("analysis", 0.9, f"figures not kept ({exc}); the pages will build them")
-        _, said = explaining.result()
-        say("explanation", 1.0, said)
-        write_report(exp, path / "report.html", analysis=analysis)  # with the maps
+        analysis = finish_run(exp, path, overwrite=overwrite, progress=say, stored=stored)
         say("done", 1.0, f"stored {path.name}")
         return {
             "name": path.name,
@@ -225,7 +234,9 @@ def start_cluster(*, n_workers=2, memory_limit="auto", warm=True, dashboard=Fals
                    OMP_NUM_THREADS=share, MKL_NUM_THREADS=share, OPENBLAS_NUM_THREADS=share)
     # Dask's statistical profiler walks the job thread's stack every 10 ms: TensorFlow's and UMAP's
     # deep stacks made a run about 8% slower (bench_builder_load: 9.5 s of stages against 8.8 s).
+    # Workers are not daemonic processes, so that each may start its side process (the UMAP maps).
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                          "distributed.worker.daemon": False,
                           "distributed.worker.profile.enabled": False,
                           "distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(
