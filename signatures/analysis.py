@@ -161,7 +161,7 @@ def sampled(exp, *, cells=None, min_rows=None, seed=0):
     return view, {"rows": int(len(rows)), "of": int(n), "units": int(units)}
 
 
-def analyze(exp, *, alpha=0.05, stability=True, progress=None):
+def analyze(exp, *, alpha=0.05, stability=True, progress=None, input_row=None):
     """Answer the three questions and the anomaly one for ``exp``.
 
     Parameters
@@ -173,6 +173,9 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
         Include seed and bootstrap stability of each layer's k-means (about a second).
     progress : callable, optional
         ``progress(stage, fraction, message)``.
+    input_row : dict, optional
+        The raw input's separation row computed already for every row of ``exp``
+        (:meth:`Experiment.input_separation_row`); used unless the analysis samples the rows.
 
     Returns
     -------
@@ -213,7 +216,8 @@ def analyze(exp, *, alpha=0.05, stability=True, progress=None):
     confidence = sig.pop("confidence")
     lap("signatures")
     say("analysis", 0.6, "separation per layer, and of the input itself")
-    table = _sep.separation_table(exp, include_input=getattr(exp, "images", None) is not None)
+    table = _sep.separation_table(exp, include_input=getattr(exp, "images", None) is not None,
+                                  input_row=None if sample else input_row)
     layer, reason = _sep.first_separating_layer(table)
     cka = _sep.layer_cka(exp)
     lap("separation")

@@ -642,6 +642,19 @@ class Experiment:
     work_folder: str = field(default=None, repr=False, compare=False)
     #: The maps still being fitted elsewhere (``run_experiment(projector=)``), until :meth:`wait_for_maps`.
     pending_maps: object = field(default=None, repr=False, compare=False)
+    #: The raw input's separation row computed elsewhere (``run_experiment(projector=)``): a Future.
+    pending_input: object = field(default=None, repr=False, compare=False)
+
+    def input_separation_row(self):
+        """The raw input's separation row computed beside the run (for ``analyze(input_row=)``),
+        or None when there is none or it failed (the analysis then computes it)."""
+        pending, self.pending_input = self.pending_input, None
+        if pending is None:
+            return None
+        try:
+            return pending.result()
+        except Exception:  # cancelled, or the side process ended: computed again by the analysis
+            return None
 
     def wait_for_maps(self, progress=None):
         """Fill :attr:`embeddings` with the maps fitted elsewhere (``run_experiment(projector=)``).
@@ -895,6 +908,12 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         raise ValueError(f"the given dataset is {dataset.name!r} but the config asks for {config.dataset!r}")
     report("loading", 0.3, dataset.source)
     config.validate(words=words, counts=dataset.counts())  # rows per class known now: still before TensorFlow
+    early, pending_input = None, None
+    if projector is not None and model is None and not config.model_path:
+        # Which rows the run takes does not depend on TensorFlow: the raw input's separation (for
+        # the analysis) is measured by the projector while TensorFlow is imported.
+        early = prepare_subset(config, dataset)
+        pending_input = _submit_input_separation(projector, config, dataset, early)
     lap("loading")
 
     report("startup", 0.0, "importing TensorFlow")
@@ -909,7 +928,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         flatten = len(model.inputs[0].shape) == 2
     else:
         flatten = config.arch == "mlp"
-    subset = prepare_subset(config, dataset, flatten=flatten)
+    subset = early if early is not None else prepare_subset(config, dataset, flatten=flatten)
     if model is not None:
         _models.check_input_shape(model, subset.X_train)
         n_out = model.outputs[0].shape[-1]
@@ -931,13 +950,7 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
     lap("training")
 
     X = np.concatenate([subset.X_train, subset.X_test, subset.X_anomaly])
-    labels = np.concatenate([subset.y_train, subset.y_test, subset.y_anomaly])
-    split = np.concatenate([
-        np.full(len(subset.y_train), SPLITS["train"], dtype=np.int8),
-        np.full(len(subset.y_test), SPLITS["test"], dtype=np.int8),
-        np.full(len(subset.y_anomaly), SPLITS["anomaly"], dtype=np.int8),
-    ])
-    dataset_rows = np.concatenate([subset.idx_train, subset.idx_test, subset.idx_anomaly])
+    labels, split, dataset_rows = _run_rows(subset)
     extractor = build_extractor(model, reduce=config.reduce)
     widths = [int(np.prod(t.shape[1:])) for t in extractor[0].outputs[:len(extractor[1])]]
     need = len(X) * sum(widths) * np.dtype(config.activations_dtype).itemsize
@@ -1061,4 +1074,42 @@ def run_experiment(config, *, progress=None, model=None, dataset=None, words=Non
         model=model,
         work_folder=out,
         pending_maps=pending,
+        pending_input=pending_input,
     )
+
+
+#: Most input values (rows x pixels) whose separation a projector measures during the imports: past
+#: that the analysis samples its rows anyway, and the side process would hold a large copy.
+EARLY_INPUT_VALUES = 10_000_000
+
+
+def _run_rows(subset):
+    """The run's rows in order (training, held-out, anomaly): labels, split codes, dataset rows."""
+    labels = np.concatenate([subset.y_train, subset.y_test, subset.y_anomaly])
+    split = np.concatenate([
+        np.full(len(subset.y_train), SPLITS["train"], dtype=np.int8),
+        np.full(len(subset.y_test), SPLITS["test"], dtype=np.int8),
+        np.full(len(subset.y_anomaly), SPLITS["anomaly"], dtype=np.int8),
+    ])
+    return labels, split, np.concatenate([subset.idx_train, subset.idx_test, subset.idx_anomaly])
+
+
+def _input_separation(images, labels, split, classes, config):
+    """:func:`signatures.separation.input_separation` of the rows a run will hold (as ``analyze`` calls it)."""
+    from types import SimpleNamespace
+
+    from .separation import input_separation
+
+    return input_separation(SimpleNamespace(images=images, labels=labels, split=split, classes=classes,
+                                            config=config))
+
+
+def _submit_input_separation(projector, config, dataset, subset):
+    labels, split, rows = _run_rows(subset)
+    images = dataset.images[rows]
+    if images.size > EARLY_INPUT_VALUES:
+        return None
+    try:
+        return projector.submit(_input_separation, images, labels, split, tuple(subset.classes), config)
+    except (RuntimeError, OSError):  # it takes no task: the analysis measures the input itself
+        return None

@@ -64,14 +64,18 @@ def finish_run(exp, path, *, overwrite=False, progress=None, stored=None):
     saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signatures-save")
     saving = saver.submit(save)
     saver.shutdown(wait=False)
-    analysis = analyze(exp)  # reads no map: runs while they are fitted and saved
+    analysis = analyze(exp, input_row=exp.input_separation_row())  # reads no map: runs while they are fitted
+    from .app.view import PLOTS_FILE, build_plots_but_maps, write_plots
+
+    try:  # so do the pages' figures other than the maps
+        view, layers = build_plots_but_maps(exp, analysis)
+    except ValueError:  # built again below, where a failure is said
+        view = layers = None
     saving.result()  # raises what saving raised: nothing more is written then
     save_analysis(path, analysis)
     say("analysis", 0.8, "encoding the pages' figures once")
-    from .app.view import PLOTS_FILE, write_plots
-
     try:  # the pages' figures, encoded once; a page rebuilds a missing file
-        write_plots(exp, path, analysis=analysis)
+        write_plots(exp, path, analysis=analysis, view=view, layers=layers)
     except (OSError, ValueError) as exc:
         say("analysis", 0.9, f"{path / PLOTS_FILE} not kept ({exc}); the pages will build the figures themselves")
     result, said = explaining.result()

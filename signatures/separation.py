@@ -478,7 +478,8 @@ def input_separation(exp, *, rows=None, sample_size=2000, cv=5, random_state=0, 
     return row
 
 
-def separation_table(exp, *, rows=None, sample_size=2000, cv=5, random_state=0, include_input=False):
+def separation_table(exp, *, rows=None, sample_size=2000, cv=5, random_state=0, include_input=False,
+                     input_row=None):
     """How well each hidden layer separates the trained classes.
 
     Parameters
@@ -497,6 +498,9 @@ def separation_table(exp, *, rows=None, sample_size=2000, cv=5, random_state=0, 
     include_input : bool, default False
         Put the raw input's row (:func:`input_separation`, ``"kind": "input"``) first, as
         the reference the hidden layers are read against.
+    input_row : dict, optional
+        That row computed already (by :func:`input_separation` of the same rows, e.g. in a
+        run's side process): used instead of computing it again.
 
     Returns
     -------
@@ -515,7 +519,8 @@ def separation_table(exp, *, rows=None, sample_size=2000, cv=5, random_state=0, 
     paths = np.asarray(exp.paths)
     table = []
     if include_input:
-        table.append(input_separation(exp, rows=rows, sample_size=sample_size, cv=cv, random_state=random_state))
+        table.append(input_row if input_row is not None else
+                     input_separation(exp, rows=rows, sample_size=sample_size, cv=cv, random_state=random_state))
     for i, layer in enumerate(exp.layers):
         X = np.asarray(exp.hidden[layer])[known].astype(np.float64)
         table.append(_row(layer, "hidden", X, paths[known, i], y, sample, cv, random_state))

@@ -41,6 +41,11 @@ def test_a_run_with_a_side_process_gives_the_same_maps(side, small_experiment):
     for name, emb in small_experiment.embeddings.items():
         np.testing.assert_array_equal(exp.embeddings[name], emb)  # bit for bit, NaN where not projected
     assert np.isnan(emb).any() and not np.isnan(emb).all()
+    from signatures.separation import input_separation
+
+    row = exp.input_separation_row()  # measured in the side process while TensorFlow was imported
+    assert row == input_separation(small_experiment) and row["kind"] == "input"
+    assert exp.input_separation_row() is None  # handed over once
 
 
 def _layers(rng):
@@ -119,6 +124,12 @@ def test_the_command_fits_the_maps_in_a_side_process_and_stores_what_a_plain_run
     np.testing.assert_array_equal(stored.paths, plain.paths)
     for name, emb in plain.embeddings.items():
         np.testing.assert_array_equal(stored.embeddings[name], emb)
+    from signatures.analysis import analyze
+
+    analysis = json.loads((out / "analysis.json").read_text())
+    here = json.loads(json.dumps(analyze(plain)))
+    assert analysis["separation"] == here["separation"]  # the input's row measured in the side process, the same
+    assert analysis["findings"] == here["findings"]
 
 
 def test_the_quick_exit_keeps_the_status_the_output_and_the_exit_handlers(tmp_path):

@@ -201,7 +201,22 @@ def refresh_store(store, *, say=None):
     return done
 
 
-def write_plots(exp, folder, *, analysis=None, view=None):
+def build_plots_but_maps(exp, analysis):
+    """Every figure :func:`write_plots` keeps except the UMAP maps, encoded: ``(view, layers)`` to hand it.
+
+    A run builds them while its maps are still being fitted (``Experiment.wait_for_maps``): they
+    read no map. Returns an :class:`ExperimentView` of ``exp`` and the Layers page's plots.
+    """
+    from .layers import layers_plots
+
+    view = ExperimentView(exp, analysis=analysis)
+    for key in view.plot_keys():
+        if key[0] != "umap":
+            view.plot_of_key(key)
+    return view, layers_plots(exp, analysis)
+
+
+def write_plots(exp, folder, *, analysis=None, view=None, layers=None):
     """Build every figure the Gallery and Layers pages show first and keep them in ``folder/plots.zip``.
 
     Called once an experiment is saved (``run``, the Builder's jobs) and by the first page
@@ -218,6 +233,8 @@ def write_plots(exp, folder, *, analysis=None, view=None):
         :func:`signatures.analysis.analyze` of ``exp``; default read from (or kept in) the folder.
     view : ExperimentView, optional
         A view of ``exp`` whose figures were built already (they are reused).
+    layers : dict, optional
+        The Layers page's plots built already (:func:`build_plots_but_maps`).
 
     Returns
     -------
@@ -242,7 +259,7 @@ def write_plots(exp, folder, *, analysis=None, view=None):
         view = ExperimentView(exp, analysis=analysis)
     view.warm(keep=False)
     plots = {key: view.plot_of_key(key) for key in view.plot_keys()}
-    plots.update(layers_plots(exp, analysis))
+    plots.update(layers_plots(exp, analysis) if layers is None else layers)
     return _save_plots(folder, plots, stamp)
 
 
