@@ -16,7 +16,8 @@ they run. The bench records:
 - that every run completes (its experiment is stored) and the progress events of each arrive in
   order, ending in ``done``;
 - the time from submitting all of them to the last result, and each one's queue wait and run;
-- peak RSS of the Dask workers (all of them, sampled every 0.5 s) and of the submitting process:
+- peak RSS of the Dask workers (all of them with their side processes, sampled every 0.5 s) and of
+  the submitting process:
   they are bounded by the worker count, not by the number of runs;
 - one run alone on the same warmed cluster, with all the 1s and 7s of the MNIST test set
   (2,163 images: the run the issue timed at 7.7 s in a Builder kernel before jobs), and one
@@ -62,7 +63,8 @@ def page_config(name, *, n_per_class, data_dir, seed=0):
 
 
 class PeakRss(threading.Thread):
-    """Every ``interval`` s: RSS of each Dask worker process (by pid) and of this process; keeps the peaks."""
+    """Every ``interval`` s: RSS of each Dask worker process (by pid) with its side process (its
+    children), and of this process; keeps the peaks."""
 
     def __init__(self, worker_pids, interval=0.5):
         super().__init__(daemon=True)
@@ -86,7 +88,8 @@ class PeakRss(threading.Thread):
             sizes = []
             for p in procs:
                 try:
-                    sizes.append(p.memory_info().rss / 2**20)
+                    family = [p] + p.children(recursive=True)  # the worker and its side process
+                    sizes.append(sum(q.memory_info().rss for q in family) / 2**20)
                 except psutil.Error:
                     pass
             if sizes:

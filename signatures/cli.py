@@ -181,7 +181,7 @@ def _cmd_run(args):
                 say("explanation", 0.0, "why each path: attribution maps of chosen inputs, beside the analysis")
 
         analysis = finish_run(exp, out, overwrite=args.overwrite, progress=say, stored=stored)
-    finally:
+    finally:  # it ends once its task at hand is done (it ignores Ctrl-C, which this process says)
         stop_side_process(side)
     report = out / "report.html"
     notes = {name: f"{est.status_}: {est.note_}" for name, est in exp.clusterers.items() if est.status_ != "ok"}
@@ -608,8 +608,8 @@ def entry(argv=None):
     _COMMAND["side_process"] = True
     status = main(argv)
     finish = getattr(threading, "_shutdown", None)  # what the interpreter runs first at exit
-    if finish is None or not hasattr(atexit, "_run_exitfuncs"):
-        sys.exit(status)
+    if status != 0 or finish is None or not hasattr(atexit, "_run_exitfuncs"):
+        sys.exit(status)  # a failed or interrupted command ends the usual way, every finalizer run
     finish()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -297,7 +297,7 @@ def explain_in_background(exp, folder=None):
     release the GIL). Returns a ``concurrent.futures.Future`` of ``(result or None, message)``,
     ``message`` saying what was computed, in words. With ``folder=None`` (the experiment not
     saved yet) the maps are only computed: keep them with :func:`save_explanations` once it is."""
-    from concurrent.futures import ThreadPoolExecutor
+    from .finish import in_thread
 
     said = []
 
@@ -307,10 +307,7 @@ def explain_in_background(exp, folder=None):
         except Exception as exc:  # the maps are extra: their failure never fails a run already stored
             return None, f"no attribution maps: {type(exc).__name__}: {exc}"
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signatures-explain")
-    future = pool.submit(task)
-    pool.shutdown(wait=False)  # the thread ends with its one task
-    return future
+    return in_thread(task, name="signatures-explain")
 
 
 def save_explanations(folder, result):

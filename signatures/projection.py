@@ -71,6 +71,7 @@ def import_umap():
     (numba keys each entry on the source file and the CPU, so an upgrade recompiles). A folder
     that cannot be written leaves caching off: maps are the same, only slower to start.
     """
+    import importlib
     import sys
 
     if "umap" not in sys.modules and "tensorflow" not in sys.modules:
@@ -79,7 +80,7 @@ def import_umap():
         # submodule stays importable by name afterwards.
         sys.modules["umap.parametric_umap"] = None
         try:
-            import umap
+            importlib.import_module("umap")
         finally:
             if sys.modules.get("umap.parametric_umap", 0) is None:
                 del sys.modules["umap.parametric_umap"]

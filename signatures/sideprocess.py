@@ -25,7 +25,14 @@ SIDE_PROCESS_ENV = "SIGNATURES_SIDE_PROCESS"
 
 
 def _warm():
-    """The side process's start: umap-learn imported (without TensorFlow) and its kernels loaded."""
+    """The side process's start: umap-learn imported (without TensorFlow) and its kernels loaded.
+
+    It ignores Ctrl-C (which reaches the whole process group): the run it serves says that it was
+    interrupted and lets it go (:func:`stop_side_process`).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .projection import import_umap, warm_up
 
     import_umap()
@@ -48,7 +55,7 @@ def start_side_process():
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_warm)
         pool.submit(_started)  # the pool starts its process on the first task: now, beside the imports
-    except (OSError, RuntimeError, AssertionError):  # AssertionError: a daemonic process (a Dask worker) has no children
+    except (OSError, RuntimeError, AssertionError):  # AssertionError: a daemonic Dask worker has no children
         return None
     return pool
 
@@ -63,6 +70,6 @@ def working(pool):
 
 
 def stop_side_process(pool):
-    """Let the side process end (without waiting for it); None is accepted."""
+    """Let the side process end once its task at hand is done, without waiting; None is accepted."""
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)

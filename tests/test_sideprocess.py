@@ -153,3 +153,31 @@ def test_activations_over_the_budget_are_mapped_here_and_the_side_process_let_go
         assert not working(pool)  # let go before the activations were extracted
     finally:
         stop_side_process(pool)
+
+
+def test_ctrl_c_during_the_maps_ends_the_command_and_its_side_process_in_one_line(tmp_path):
+    import psutil
+
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "signatures", *_RUN, "--n-per-class", "300",
+                             "--umap-points", "600", "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    side = []
+    try:
+        for line in proc.stdout:  # the maps are submitted to the side process right after extraction
+            if not side:  # started before the first line
+                side = [c for c in psutil.Process(proc.pid).children() if "multiprocessing.spawn" in " ".join(c.cmdline())]
+            if line.startswith("[clustering"):
+                break
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    said = [line for line in err.splitlines() if line.strip() and not line.startswith(("W0000", "I0000", "WARNING: All"))
+            and "cpu_feature_guard" not in line and "rebuild TensorFlow" not in line]
+    assert said == ["interrupted"], err[-3000:]  # no traceback, from the command or its side process
+    assert len(side) == 1  # it ended with the command (a zombie here only if nothing reaps orphans)
+    assert not side[0].is_running() or side[0].status() == psutil.STATUS_ZOMBIE
+    assert not out.exists()  # interrupted before it was saved: nothing stored
