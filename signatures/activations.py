@@ -47,7 +47,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+from .models import keras  # noqa: E402  (imported as models imports it: faster outside a notebook)
 import numpy as np  # noqa: E402
 
 from ._mapped import drop_pages  # noqa: E402

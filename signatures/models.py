@@ -13,7 +13,34 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+
+def _import_keras():
+    """Import Keras (and TensorFlow); outside a notebook, without the plotting modules it pulls in.
+
+    Keras imports matplotlib (for two plotting helpers) and IPython (for a notebook file editor)
+    whenever they are installed, though it needs neither: about 1.7 s of the 7-9 s its import
+    takes here, paid by every run. A process without IPython loaded (a command, a Dask worker) is
+    no notebook: there Keras is imported with both hidden, and they stay importable by name
+    afterwards (only those Keras helpers go without them). A notebook, where IPython is loaded,
+    imports Keras as usual.
+    """
+    import sys
+
+    hide = [] if "IPython" in sys.modules or "keras" in sys.modules else [
+        name for name in ("matplotlib", "IPython") if name not in sys.modules]
+    for name in hide:
+        sys.modules[name] = None  # an import of it raises ImportError, which Keras expects
+    try:
+        import keras
+    finally:
+        for name in hide:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return keras
+
+
+keras = _import_keras()
+
 import numpy as np  # noqa: E402
 
 from ._checks import ACTIVATIONS, check_activation as _check_activation, parse_hidden  # noqa: E402

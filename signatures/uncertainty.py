@@ -41,7 +41,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+from .models import keras  # noqa: E402  (imported as models imports it: faster outside a notebook)
 import numpy as np  # noqa: E402
 
 from ._checks import check_int  # noqa: E402

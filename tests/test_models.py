@@ -186,3 +186,16 @@ def test_evaluate_and_train_name_bad_labels_and_targets(trained_mlp, subset_1v7)
         evaluate(trained_mlp, X, y, (1, 7, 3))
     with pytest.raises(ValueError, match="targets must have one row per input: 5 inputs, got 4 target rows"):
         train(trained_mlp, X, subset_1v7.Y_test[:4], epochs=1)
+
+
+def test_keras_is_imported_without_plotting_modules_outside_a_notebook_and_as_usual_in_one():
+    import subprocess
+    import sys
+
+    code = ("import sys; {first}import signatures.models; "
+            "print('matplotlib' in sys.modules, 'IPython' in sys.modules); import matplotlib.pyplot; print('ok')")
+    command = subprocess.run([sys.executable, "-c", code.format(first="")], capture_output=True, text=True, timeout=300)
+    assert command.stdout.split() == ["False", "False", "ok"], command.stderr[-2000:]  # hidden, then importable
+    notebook = subprocess.run([sys.executable, "-c", code.format(first="import IPython; ")], capture_output=True,
+                              text=True, timeout=300)
+    assert notebook.stdout.split() == ["True", "True", "ok"], notebook.stderr[-2000:]  # Keras as it always is
