@@ -163,7 +163,7 @@ def _cmd_run(args):
         return _run_as_job(args, config, out)
 
     from .experiment import print_progress, run_experiment
-    from .finish import finish_run
+    from .app.finish import finish_run
     from .sideprocess import start_side_process, stop_side_process
 
     say = None if args.quiet else print_progress

@@ -297,7 +297,7 @@ def explain_in_background(exp, folder=None):
     release the GIL). Returns a ``concurrent.futures.Future`` of ``(result or None, message)``,
     ``message`` saying what was computed, in words. With ``folder=None`` (the experiment not
     saved yet) the maps are only computed: keep them with :func:`save_explanations` once it is."""
-    from .finish import in_thread
+    from ._threads import in_thread
 
     said = []
 

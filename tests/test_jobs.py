@@ -61,7 +61,8 @@ def test_a_job_stores_the_experiment_and_reports_progress_in_order(jobs, tmp_pat
     assert stages[0] in ("warming", "started") and stages[-1] == "done"  # warming: the worker was still loading
     assert {"training", "clustering", "projection", "saving"} <= set(stages)
     maps = [e["message"] for e in events if e["stage"] == "projection"]
-    assert len(maps) == 1 and "fitted in a side process" in maps[0], maps  # the worker's, beside the clustering
+    if (os.cpu_count() or 1) >= 2:  # one core: no side process, the maps are fitted in the job
+        assert len(maps) == 1 and "fitted in a side process" in maps[0], maps  # the worker's, beside the clustering
     epochs = [e["message"] for e in events if e["stage"] == "training" and "epoch" in e["message"]]
     assert len(epochs) >= 2, "every epoch is reported"
     times = [e["time"] for e in events]

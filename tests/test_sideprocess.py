@@ -16,6 +16,9 @@ from signatures.sideprocess import start_side_process, stop_side_process, workin
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: A machine with one core starts no side process (start_side_process gives None): nothing to test.
+pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: runs start no side process")
+
 #: As ``small_experiment`` in conftest.py: the same config, so the same run.
 SMALL = dict(name="small", digits=(1, 7), anomalies=(3, 4), n_per_class=150, hidden=(16, 8), epochs=2, k_max=6,
              umap_points=300, seed=0)

@@ -141,7 +141,7 @@ def run_job(config_dict, store, *, job_id, overwrite=False, words=None):
     with _WARMING:  # waits for a warm-up still under way
         pass
     from ..experiment import ExperimentConfig, run_experiment
-    from ..finish import finish_run
+    from .finish import finish_run
     from ..store import check_output, experiment_path
 
     worker = get_worker()

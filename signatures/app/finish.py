@@ -7,31 +7,11 @@ are there (a thread, waiting for the side process that fits them). What is store
 as when the steps ran one after another; each file is written atomically.
 """
 
-import threading
-from concurrent.futures import Future
 from pathlib import Path
 
-__all__ = ["finish_run", "in_thread"]
+from .._threads import in_thread
 
-
-def in_thread(fn, *, name):
-    """``fn()`` in a daemon thread; returns a ``concurrent.futures.Future`` of its result.
-
-    A daemon thread, so that an interrupted command ends at once instead of waiting for it: what
-    it may be writing is written atomically (a half-done write leaves only a temporary file,
-    which the store removes at its next save or listing).
-    """
-    future = Future()
-
-    def work():
-        if future.set_running_or_notify_cancel():
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed to whoever asks for the result
-                future.set_exception(exc)
-
-    threading.Thread(target=work, name=name, daemon=True).start()
-    return future
+__all__ = ["finish_run"]
 
 
 def finish_run(exp, path, *, overwrite=False, progress=None, stored=None):
@@ -63,10 +43,10 @@ def finish_run(exp, path, *, overwrite=False, progress=None, stored=None):
         When the experiment itself cannot be saved. The files that follow it (analysis,
         figures, maps) only warn: the pages rebuild what is missing.
     """
-    from .analysis import analyze, save_analysis
-    from .explanations import explain_in_background, save_explanations
-    from .report import write_report
-    from .store import save_experiment
+    from ..analysis import analyze, save_analysis
+    from ..explanations import explain_in_background, save_explanations
+    from ..report import write_report
+    from ..store import save_experiment
 
     path = Path(path)
     say = progress or (lambda *a: None)
@@ -84,7 +64,7 @@ def finish_run(exp, path, *, overwrite=False, progress=None, stored=None):
     explaining = explain_in_background(exp)  # TensorFlow's kernels release the GIL
     saving = in_thread(save, name="signatures-save")
     analysis = analyze(exp, input_row=exp.input_separation_row())  # reads no map: runs while they are fitted
-    from .app.view import PLOTS_FILE, build_plots_but_maps, write_plots
+    from .view import PLOTS_FILE, build_plots_but_maps, write_plots
 
     try:  # so do the pages' figures other than the maps
         view, layers = build_plots_but_maps(exp, analysis)
