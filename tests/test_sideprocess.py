@@ -184,3 +184,30 @@ def test_ctrl_c_during_the_maps_ends_the_command_and_its_side_process_in_one_lin
     assert len(side) == 1  # it ended with the command (a zombie here only if nothing reaps orphans)
     assert not side[0].is_running() or side[0].status() == psutil.STATUS_ZOMBIE
     assert not out.exists()  # interrupted before it was saved: nothing stored
+
+
+def test_a_failing_analysis_still_lets_the_experiment_reach_the_store_whole(small_experiment, tmp_path, monkeypatch):
+    import signatures.analysis
+    from signatures.app.finish import finish_run
+    from signatures.store import load_experiment
+
+    def broken(*args, **kwargs):
+        raise ValueError("analysis broke")
+
+    import time
+
+    import signatures.store
+
+    save = signatures.store.save_experiment
+
+    def slow_save(*args, **kwargs):  # still saving when the analysis fails
+        time.sleep(1.0)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(signatures.analysis, "analyze", broken)
+    monkeypatch.setattr(signatures.store, "save_experiment", slow_save)
+    with pytest.raises(ValueError, match="analysis broke"):
+        finish_run(small_experiment, tmp_path / "kept")
+    stored = load_experiment(tmp_path / "kept")  # saved beside the analysis, and waited for
+    np.testing.assert_array_equal(stored.paths, small_experiment.paths)
+    assert not (tmp_path / "kept" / "analysis.json").exists()

@@ -47,6 +47,7 @@ def finish_run(exp, path, *, overwrite=False, progress=None, stored=None):
     from ..explanations import explain_in_background, save_explanations
     from ..report import write_report
     from ..store import save_experiment
+    from .view import PLOTS_FILE, build_plots_but_maps, write_plots
 
     path = Path(path)
     say = progress or (lambda *a: None)
@@ -63,13 +64,15 @@ def finish_run(exp, path, *, overwrite=False, progress=None, stored=None):
 
     explaining = explain_in_background(exp)  # TensorFlow's kernels release the GIL
     saving = in_thread(save, name="signatures-save")
-    analysis = analyze(exp, input_row=exp.input_separation_row())  # reads no map: runs while they are fitted
-    from .view import PLOTS_FILE, build_plots_but_maps, write_plots
-
-    try:  # so do the pages' figures other than the maps
-        view, layers = build_plots_but_maps(exp, analysis)
-    except ValueError:  # built again below, where a failure is said
-        view = layers = None
+    try:
+        analysis = analyze(exp, input_row=exp.input_separation_row())  # reads no map: runs while they are fitted
+        try:  # so do the pages' figures other than the maps
+            view, layers = build_plots_but_maps(exp, analysis)
+        except ValueError:  # built again below, where a failure is said
+            view = layers = None
+    except Exception:
+        saving.exception()  # an experiment on its way to the store gets there whole (the pages analyse it)
+        raise
     saving.result()  # raises what saving raised: nothing more is written then
     save_analysis(path, analysis)
     say("analysis", 0.8, "encoding the pages' figures once")
